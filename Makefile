@@ -1,0 +1,46 @@
+# Thin wrappers: every target is a plain command you can also run by hand.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_MODELS := $(wildcard ../shared/models)
+MODELS_FROM ?= $(if $(SHARED_MODELS),--from $(SHARED_MODELS),)
+MODELS_DIR ?= var/models
+CONFIG ?= config.dev.yaml
+
+.PHONY: setup deps models run test lint typecheck unit bench clean
+
+$(BIN)/safeguard: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[device,converter,bench,dev]'
+	touch $@
+
+setup: $(BIN)/safeguard
+
+deps:
+	bash scripts/system-deps.sh
+
+models: setup
+	$(BIN)/safeguard models fetch --dir $(MODELS_DIR) $(MODELS_FROM)
+
+run: setup models
+	$(BIN)/safeguard run --config $(CONFIG)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup models
+	$(BIN)/pytest -q
+
+test: deps setup models lint typecheck unit
+
+bench: setup models
+	$(BIN)/python -m bench.speed
+	$(BIN)/python -m bench.quality
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

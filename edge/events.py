@@ -1,0 +1,37 @@
+"""Threat events as the detectors emit them, and the sink they go to.
+
+An event has a start, any number of updates and an end. The sink turns each into an
+alert and makes it durable before `submit` returns (see `edge.outbox`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Phase = Literal["start", "update", "end"]
+Severity = Literal["info", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One phase of a threat event. Times are stream seconds; `wall_*` are Unix times."""
+
+    phase: Phase
+    key: str  # stable for the whole event: start, updates and end share it
+    category: str
+    severity: Severity
+    score: float  # the smoothed score that decided this phase (0..1)
+    peak_score: float  # the highest window score so far in this event
+    start_s: float  # stream time of the first window over the on-threshold
+    at_s: float  # stream time at which this phase was decided
+    wall_start: float
+    wall_at: float
+    modalities: tuple[str, ...] = ("audio",)
+    evidence: dict[str, float] = field(default_factory=dict)  # top classes -> score
+
+
+class EventSink(Protocol):
+    """Where detectors put events. `submit` must be quick and durable."""
+
+    def submit(self, event: Event) -> None: ...

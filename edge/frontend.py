@@ -1,0 +1,73 @@
+"""YAMNet's log-mel front end in numpy, for Coral's `yamnet_spectra_in` model.
+
+Matches YAMNet's `features.py`: 25 ms periodic-Hann frames every 10 ms, a 512-point FFT
+magnitude, 64 HTK mel bands from 125 to 7500 Hz, and log(mel + 0.001). A patch is 96
+frames (0.975 s of audio, 15600 samples at 16 kHz).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE = 16000
+WINDOW = 400  # 25 ms
+HOP = 160  # 10 ms
+FFT = 512
+MEL_BANDS = 64
+PATCH_FRAMES = 96
+PATCH_SAMPLES = WINDOW + (PATCH_FRAMES - 1) * HOP  # 15600
+LOG_OFFSET = 0.001
+
+F32 = npt.NDArray[np.float32]
+
+
+def _hz_to_mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return 1127.0 * np.log1p(hz / 700.0)
+
+
+def mel_matrix(
+    bands: int = MEL_BANDS, bins: int = FFT // 2 + 1, low: float = 125.0, high: float = 7500.0
+) -> F32:
+    """The [bins, bands] weight matrix of `tf.signal.linear_to_mel_weight_matrix`."""
+    spec_mel = _hz_to_mel(np.linspace(0.0, SAMPLE_RATE / 2, bins)[1:])[:, None]
+    edges = np.linspace(_hz_to_mel(np.array(low)), _hz_to_mel(np.array(high)), bands + 2)
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (spec_mel - lower) / (center - lower)
+    falling = (upper - spec_mel) / (upper - center)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return np.vstack([np.zeros((1, bands)), weights]).astype(np.float32)
+
+
+class LogMel:
+    """Turns 16 kHz float audio into log-mel frames; frame i starts at sample i * HOP.
+
+    The defaults are YAMNet's own features, which make Coral's int8 model agree with
+    Google's waveform model. Coral's published test vectors were made with the audio
+    peak-normalised and an offset of 0.01: `LogMel(log_offset=0.01, peak_normalize=True)`.
+    """
+
+    def __init__(self, log_offset: float = LOG_OFFSET, peak_normalize: bool = False) -> None:
+        self._offset = np.float32(log_offset)
+        self._normalize = peak_normalize
+        n = np.arange(WINDOW)
+        self._window = (0.5 - 0.5 * np.cos(2 * np.pi * n / WINDOW)).astype(np.float32)
+        self._mel = mel_matrix()
+
+    def frames(self, audio: F32) -> F32:
+        """Log-mel frames [n_frames, 64] of `audio` (float32 in [-1, 1])."""
+        count = 0 if len(audio) < WINDOW else 1 + (len(audio) - WINDOW) // HOP
+        if count == 0:
+            return np.zeros((0, MEL_BANDS), np.float32)
+        if self._normalize:
+            audio = (audio / max(float(np.abs(audio).max()), 1e-9)).astype(np.float32)
+        strides = (audio.strides[0] * HOP, audio.strides[0])
+        framed = np.lib.stride_tricks.as_strided(audio, (count, WINDOW), strides, writeable=False)
+        magnitude = np.abs(np.fft.rfft(framed * self._window, n=FFT)).astype(np.float32)
+        return np.log(magnitude @ self._mel + self._offset).astype(np.float32)
+
+    def patch(self, audio: F32) -> F32:
+        """The [96, 64] patch for exactly one 15600-sample window."""
+        if len(audio) != PATCH_SAMPLES:
+            raise ValueError(f"a patch needs {PATCH_SAMPLES} samples, got {len(audio)}")
+        return self.frames(audio)
