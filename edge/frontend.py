@@ -64,7 +64,8 @@ class LogMel:
         strides = (audio.strides[0] * HOP, audio.strides[0])
         framed = np.lib.stride_tricks.as_strided(audio, (count, WINDOW), strides, writeable=False)
         magnitude = np.abs(np.fft.rfft(framed * self._window, n=FFT)).astype(np.float32)
-        return np.log(magnitude @ self._mel + self._offset).astype(np.float32)
+        logmel: F32 = np.log(magnitude @ self._mel + self._offset).astype(np.float32)
+        return logmel
 
     def patch(self, audio: F32) -> F32:
         """The [96, 64] patch for exactly one 15600-sample window."""

@@ -74,9 +74,9 @@ def _find_in_mirror(spec: ModelSpec, mirror: Path) -> Path | None:
         if candidate.is_file() and candidate.stat().st_size == spec.size:
             return candidate
     for candidate in sorted(mirror.rglob("*")):
-        if candidate.is_file() and candidate.stat().st_size == spec.size:
-            if sha256_of(candidate) == spec.sha256:
-                return candidate
+        sized = candidate.is_file() and candidate.stat().st_size == spec.size
+        if sized and sha256_of(candidate) == spec.sha256:
+            return candidate
     return None
 
 
@@ -87,9 +87,7 @@ def _download(url: str, target: Path) -> None:
         shutil.copyfileobj(response, out, CHUNK)
 
 
-def fetch(
-    spec: ModelSpec, directory: Path, mirror: Path | None = None
-) -> tuple[Path, str]:
+def fetch(spec: ModelSpec, directory: Path, mirror: Path | None = None) -> tuple[Path, str]:
     """Put a verified copy of `spec` in `directory`; returns the path and what was done."""
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -103,7 +101,9 @@ def fetch(
         if mirror is not None:
             source = _find_in_mirror(spec, mirror)
             if source is None:
-                raise ModelError(f"model {spec.name}: no file with its sha256 in the mirror {mirror}")
+                raise ModelError(
+                    f"model {spec.name}: no file with its sha256 in the mirror {mirror}"
+                )
             shutil.copyfile(source, tmp)
             how = f"copied from {source}"
         else:
@@ -111,7 +111,9 @@ def fetch(
             try:
                 _download(spec.url, tmp)
             except OSError as exc:
-                raise ModelError(f"model {spec.name}: download from {spec.url} failed: {exc}") from None
+                raise ModelError(
+                    f"model {spec.name}: download from {spec.url} failed: {exc}"
+                ) from None
             how = f"downloaded from {spec.url}"
         digest = sha256_of(tmp)
         if digest != spec.sha256:

@@ -84,15 +84,28 @@ class Outbox:
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO outbox (id, event_key, phase, category, severity, payload, created)"
+                    "INSERT INTO outbox"
+                    " (id, event_key, phase, category, severity, payload, created)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (alert["id"], event.key, event.phase, event.category, event.severity,
-                     json.dumps(alert, separators=(",", ":")), time.time()),
+                    (
+                        alert["id"],
+                        event.key,
+                        event.phase,
+                        event.category,
+                        event.severity,
+                        json.dumps(alert, separators=(",", ":")),
+                        time.time(),
+                    ),
                 )
             except sqlite3.Error as exc:
                 raise DeliveryError(f"cannot store alert {alert['id']}: {exc}") from None
-        log.info("alert %s stored: %s %s score=%.2f", alert["id"], event.category, event.phase,
-                 event.score)
+        log.info(
+            "alert %s stored: %s %s score=%.2f",
+            alert["id"],
+            event.category,
+            event.phase,
+            event.score,
+        )
 
     def pending(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
@@ -103,7 +116,9 @@ class Outbox:
 
     def depth(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone()[0])
+            return int(
+                self._db.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone()[0]
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -20,8 +20,15 @@ ALERT_SCHEMA: dict[str, Any] = {
     "title": SCHEMA_ID,
     "type": "object",
     "required": [
-        "schema", "id", "device_id", "event", "category", "severity", "score",
-        "started_at", "sent_at",
+        "schema",
+        "id",
+        "device_id",
+        "event",
+        "category",
+        "severity",
+        "score",
+        "started_at",
+        "sent_at",
     ],
     "properties": {
         "schema": {"const": SCHEMA_ID},
@@ -73,7 +80,7 @@ def new_id() -> str:
 def rfc3339(unix: float) -> str:
     """UTC RFC 3339 with milliseconds, e.g. 2026-11-21T10:00:00.123Z."""
     whole = int(unix)
-    millis = int(round((unix - whole) * 1000))
+    millis = round((unix - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

@@ -64,9 +64,7 @@ def labels_from_class_map(path: Path) -> list[str]:
 class Yamnet:
     """Classifies 0.975 s windows of 16 kHz float audio."""
 
-    def __init__(
-        self, path: Path, variant: Variant, labels: list[str], threads: int = 1
-    ) -> None:
+    def __init__(self, path: Path, variant: Variant, labels: list[str], threads: int = 1) -> None:
         self.variant = variant
         self.labels = labels
         self._model = TFLiteModel(path, threads=threads, keep_intermediates=True)
