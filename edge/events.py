@@ -25,6 +25,7 @@ class Event:
     peak_score: float  # the highest window score so far in this event
     start_s: float  # stream time of the first window over the on-threshold
     at_s: float  # stream time at which this phase was decided
+    end_s: float  # stream time at which the sound was last heard (so far)
     wall_start: float
     wall_at: float
     modalities: tuple[str, ...] = ("audio",)

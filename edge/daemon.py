@@ -1,0 +1,157 @@
+"""`safeguard run`: capture -> inference -> detection -> events -> the durable outbox.
+
+Threads: the capture source writes into the ring (its own thread or PortAudio's callback);
+one inference worker reads windows from the ring; the main thread waits for the stop event
+and logs health. SIGTERM and SIGINT set the stop event; every thread is joined with a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+import numpy as np
+
+from edge.capture import AudioSource, FileSource, open_source
+from edge.config import Config
+from edge.detector import RATE, Detector
+from edge.events import Event, EventSink
+from edge.frontend import PATCH_SAMPLES
+from edge.outbox import Outbox
+from edge.pipeline import build_detector, hop_samples
+from edge.ring import AudioRing, Overrun
+
+log = logging.getLogger(__name__)
+
+
+class InferenceWorker:
+    """Reads windows from the ring every hop, runs the detector, hands events to the sink."""
+
+    def __init__(self, ring: AudioRing, detector: Detector, hop: int, sink: EventSink) -> None:
+        self.ring = ring
+        self.detector = detector
+        self.hop = hop
+        self.sink = sink
+        self.next_end = PATCH_SAMPLES
+        self.last_progress = time.monotonic()
+        self.events = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _deliver(self, events: list[Event]) -> None:
+        for event in events:
+            self.events += 1
+            try:
+                self.sink.submit(event)
+            except Exception:  # the sink logs what failed; the pipeline must go on
+                self.errors += 1
+                log.exception("could not store a %s %s event", event.category, event.phase)
+
+    def _run(self) -> None:
+        stats = self.detector.stats
+        while not self._stop.is_set():
+            missing = self.next_end - self.ring.head
+            if missing > 0:
+                self._stop.wait(max(0.005, missing / RATE))
+                continue
+            try:
+                window = self.ring.read(self.next_end - PATCH_SAMPLES, PATCH_SAMPLES)
+            except Overrun as exc:
+                behind = exc.oldest + PATCH_SAMPLES
+                lost = (behind - self.next_end + self.hop - 1) // self.hop
+                stats.skipped += lost
+                self.next_end += lost * self.hop
+                log.warning("inference fell behind: skipped %d windows", lost)
+                continue
+            began = time.perf_counter()
+            events = self.detector.process(window, self.next_end)
+            stats.infer_ms = [*stats.infer_ms[-199:], (time.perf_counter() - began) * 1000]
+            self.last_progress = time.monotonic()
+            self.next_end += self.hop
+            self._deliver(events)
+        self._deliver(self.detector.flush(self.next_end / RATE))
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        origin = time.time()
+        self.detector = build_detector(config, origin_wall=origin)
+        self.ring = AudioRing(int(config.audio.ring_s * RATE))
+        location = config.device.location.model_dump() if config.device.location else None
+        self.outbox = Outbox(config.storage.dir / "outbox.db", config.device.id, location)
+        audio = config.audio
+        self.source: AudioSource | None = open_source(audio, self.ring)
+        self.worker = InferenceWorker(self.ring, self.detector, hop_samples(config), self.outbox)
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def health(self) -> dict[str, object]:
+        stats = self.detector.stats
+        times = np.array(stats.infer_ms or [0.0])
+        capture = self.source.stats if self.source else None
+        return {
+            "capture": capture.state if capture else "none",
+            "capture_error": capture.error if capture else "",
+            "samples": capture.samples if capture else 0,
+            "overflows": capture.overflows if capture else 0,
+            "windows": stats.windows,
+            "silent_windows": stats.silent,
+            "skipped_windows": stats.skipped,
+            "infer_p50_ms": round(float(np.percentile(times, 50)), 2),
+            "infer_p95_ms": round(float(np.percentile(times, 95)), 2),
+            "events": self.worker.events,
+            "outbox_depth": self.outbox.depth(),
+        }
+
+    def _source_done(self) -> bool:
+        """A file source has ended and every window of it has been analysed."""
+        ended = isinstance(self.source, FileSource) and self.source.ended.is_set()
+        return ended and self.worker.next_end > self.ring.head
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        if self.source is not None:
+            self.source.start()
+        self.worker.start()
+        log.info(
+            "safeguard running: device=%s source=%s model=%s hop=%.2fs",
+            self.config.device.id,
+            self.config.audio.source,
+            self.config.audio.model,
+            self.config.audio.hop_s,
+        )
+        every = self.config.logging.health_every_s
+        next_health = time.monotonic() + every
+        while not self.stop_event.wait(0.2):
+            if self._source_done():
+                log.info("audio file ended: stopping")
+                break
+            if time.monotonic() >= next_health:
+                next_health += every
+                log.info("health %s", " ".join(f"{k}={v}" for k, v in self.health().items()))
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        began = time.monotonic()
+        if self.source is not None:
+            self.source.stop(timeout=1.0)
+        self.worker.stop(timeout=1.0)
+        self.outbox.close()
+        log.info("stopped in %.2f s", time.monotonic() - began)
+        return 0

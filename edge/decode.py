@@ -1,0 +1,91 @@
+"""Decoding audio files to 16 kHz mono float32: soundfile for WAV/FLAC/MP3/OGG, ffmpeg for
+the rest (the audio track of MP4 and other containers)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+import soxr
+
+from edge.errors import CaptureError
+
+RATE = 16000
+F32 = npt.NDArray[np.float32]
+_NATIVE = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
+
+
+def to_mono(block: npt.NDArray[np.float32]) -> F32:
+    out: F32 = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block
+    return out
+
+
+def _soundfile_blocks(handle: soundfile.SoundFile, block_s: float) -> Iterator[F32]:
+    with handle:
+        rate = int(handle.samplerate)
+        resampler = soxr.ResampleStream(rate, RATE, 1, dtype="float32") if rate != RATE else None
+        for block in handle.blocks(blocksize=max(1, int(rate * block_s)), dtype="float32"):
+            mono = to_mono(np.asarray(block, np.float32))
+            yield resampler.resample_chunk(mono) if resampler else mono
+        if resampler:
+            yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def _ffmpeg_blocks(path: Path, block_s: float) -> Iterator[F32]:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise CaptureError(f"{path}: decoding this format needs ffmpeg, which is not installed")
+    cmd = [
+        exe,
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(RATE),
+        "-f",
+        "f32le",
+        "-",
+    ]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        size = int(RATE * block_s) * 4
+        got = False
+        while chunk := proc.stdout.read(size):
+            got = True
+            yield np.frombuffer(chunk[: len(chunk) // 4 * 4], np.float32).copy()
+        error = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0 or not got:
+            detail = error.splitlines()[-1] if error else "no audio track"
+            raise CaptureError(f"{path}: cannot decode audio ({detail})")
+
+
+def blocks(path: Path, block_s: float = 0.5) -> Iterator[F32]:
+    """The file's audio as 16 kHz mono float32 blocks of about `block_s` seconds."""
+    if not path.is_file():
+        raise CaptureError(f"{path}: no such file")
+    if path.suffix.lower() in _NATIVE:
+        try:
+            handle = soundfile.SoundFile(str(path))
+        except (soundfile.LibsndfileError, RuntimeError):
+            handle = None  # an encoding libsndfile does not know: let ffmpeg try
+        if handle is not None:
+            yield from _soundfile_blocks(handle, block_s)
+            return
+    yield from _ffmpeg_blocks(path, block_s)
+
+
+def read_all(path: Path) -> F32:
+    """The whole file as one 16 kHz mono float32 array."""
+    parts = list(blocks(path, block_s=10.0))
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
