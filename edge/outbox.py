@@ -2,10 +2,17 @@
 
 Delivery (MQTT, acknowledgements, SMS) reads pending rows from here; nothing is lost
 when the process dies, because a row is committed before `submit` returns.
+
+Bound policy: at most `max_rows` rows. When full, acknowledged rows go first (oldest
+first); then unacknowledged rows in this order: `update` messages, `end` messages, `start`
+messages of non-critical severity, each oldest first. A `start` of a critical alert is
+never dropped (the table then grows past the bound, with a warning). Every drop is
+logged and counted in `stats()["dropped"]`, which survives restarts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -20,6 +27,8 @@ from edge.events import Event
 
 log = logging.getLogger(__name__)
 
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY,
@@ -32,15 +41,46 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (acked, id);
+CREATE TABLE IF NOT EXISTS fallback (
+    alert_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    at REAL NOT NULL,
+    PRIMARY KEY (alert_id, channel, contact)
+);
+CREATE INDEX IF NOT EXISTS fallback_at ON fallback (channel, state, at);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Columns added to the first outbox layout: retry and fallback bookkeeping.
+_COLUMNS = {
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "last_sent": "REAL",
+    "fallback_done": "REAL",
+}
+_DROP_ORDER = (
+    "SELECT id, phase, severity FROM outbox WHERE acked IS NULL"
+    " AND NOT (phase = 'start' AND severity = 'critical')"
+    " ORDER BY CASE phase WHEN 'update' THEN 0 WHEN 'end' THEN 1 ELSE 2 END, id LIMIT 1"
+)
 
 
 class Outbox:
     """An `EventSink` that turns events into alerts and stores them durably."""
 
-    def __init__(self, path: Path, device_id: str, location: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        device_id: str,
+        location: dict[str, Any] | None = None,
+        max_rows: int = 10_000,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_rows = max_rows
+        self.changed = threading.Event()  # set on every submit: wakes the delivery thread
         self._device_id = device_id
         self._location = location
         self._lock = threading.Lock()
@@ -50,6 +90,10 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_DDL)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            for name, decl in _COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
         except sqlite3.Error as exc:
             raise DeliveryError(f"cannot open the outbox {path}: {exc}") from None
 
@@ -80,25 +124,9 @@ class Outbox:
         return schema.validate(alert)
 
     def submit(self, event: Event) -> None:
+        """Store the alert for `event`; committed (fsync) before this returns."""
         alert = self.alert_for(event)
-        with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT INTO outbox"
-                    " (id, event_key, phase, category, severity, payload, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        alert["id"],
-                        event.key,
-                        event.phase,
-                        event.category,
-                        event.severity,
-                        json.dumps(alert, separators=(",", ":")),
-                        time.time(),
-                    ),
-                )
-            except sqlite3.Error as exc:
-                raise DeliveryError(f"cannot store alert {alert['id']}: {exc}") from None
+        self.submit_alert(alert, event.key)
         log.info(
             "alert %s stored: %s %s score=%.2f",
             alert["id"],
@@ -107,18 +135,214 @@ class Outbox:
             event.score,
         )
 
-    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
+    def submit_alert(self, alert: dict[str, Any], event_key: str | None = None) -> None:
+        """Store a ready alert (validated here); DeliveryError if it cannot be stored."""
+        schema.validate(alert)
+        row = (
+            alert["id"],
+            event_key or alert.get("event_id") or alert["id"],
+            alert["event"],
+            alert["category"],
+            alert["severity"],
+            json.dumps(alert, separators=(",", ":")),
+            time.time(),
+        )
         with self._lock:
-            rows = self._db.execute(
-                "SELECT payload FROM outbox WHERE acked IS NULL ORDER BY id LIMIT ?", (limit,)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO outbox"
+                    " (id, event_key, phase, category, severity, payload, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                self._enforce_bound()
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise DeliveryError(f"cannot store alert {alert['id']}: {exc}") from None
+        self.changed.set()
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def _enforce_bound(self) -> None:
+        total = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        while total > self.max_rows:
+            acked = self._db.execute(
+                "SELECT id FROM outbox WHERE acked IS NOT NULL ORDER BY id LIMIT ?",
+                (total - self.max_rows,),
             ).fetchall()
+            if acked:
+                self._delete([r[0] for r in acked])
+                total -= len(acked)
+                continue
+            victim = self._db.execute(_DROP_ORDER).fetchone()
+            if victim is None:
+                log.warning(
+                    "outbox holds %d unacknowledged critical start alerts, over its bound of %d:"
+                    " keeping them all",
+                    total,
+                    self.max_rows,
+                )
+                return
+            log.warning(
+                "outbox full (%d rows): dropping unacknowledged %s %s alert %s",
+                self.max_rows,
+                victim[2],
+                victim[1],
+                victim[0],
+            )
+            self._delete([victim[0]])
+            self._db.execute(
+                "INSERT INTO counters (name, value) VALUES ('dropped', 1)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+            )
+            total -= 1
+
+    def _delete(self, ids: list[str]) -> None:
+        marks = ",".join("?" * len(ids))
+        self._db.execute(f"DELETE FROM fallback WHERE alert_id IN ({marks})", ids)  # noqa: S608
+        self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)  # noqa: S608
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).rowcount
+            except sqlite3.Error as exc:
+                raise DeliveryError(f"outbox write failed: {exc}") from None
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise DeliveryError(f"outbox read failed: {exc}") from None
+
+    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Unacknowledged alerts, oldest first."""
+        rows = self._read(
+            "SELECT payload FROM outbox WHERE acked IS NULL ORDER BY id LIMIT ?", (limit,)
+        )
         return [json.loads(r[0]) for r in rows]
 
-    def depth(self) -> int:
-        with self._lock:
-            return int(
-                self._db.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone()[0]
+    def due(self, resend_before: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(id, payload) of unacked alerts never sent, or last sent before `resend_before`."""
+        rows = self._read(
+            "SELECT id, payload FROM outbox WHERE acked IS NULL"
+            " AND (last_sent IS NULL OR last_sent < ?) ORDER BY id LIMIT ?",
+            (resend_before, limit),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def mark_sent(self, alert_id: str, at: float) -> None:
+        self._write(
+            "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE id = ?", (at, alert_id)
+        )
+
+    def forget_sent(self) -> None:
+        """Make every unacked alert due again (after a reconnect)."""
+        self._write("UPDATE outbox SET last_sent = NULL WHERE acked IS NULL", ())
+
+    def ack(self, alert_id: str, at: float | None = None) -> bool:
+        """Mark `alert_id` acknowledged; False if unknown or already acknowledged."""
+        return (
+            self._write(
+                "UPDATE outbox SET acked = ? WHERE id = ? AND acked IS NULL",
+                (time.time() if at is None else at, alert_id),
             )
+            > 0
+        )
+
+    def is_acked(self, alert_id: str) -> bool:
+        rows = self._read("SELECT acked FROM outbox WHERE id = ?", (alert_id,))
+        return bool(rows) and rows[0][0] is not None
+
+    def fallback_candidates(
+        self, created_before: float, min_severity: str, phases: tuple[str, ...], limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Unacked alerts old enough for the fallback channels whose fallback is not done."""
+        severities = [s for s, r in SEVERITY_RANK.items() if r >= SEVERITY_RANK[min_severity]]
+        marks_s = ",".join("?" * len(severities))
+        marks_p = ",".join("?" * len(phases))
+        rows = self._read(
+            "SELECT payload FROM outbox WHERE acked IS NULL AND fallback_done IS NULL"  # noqa: S608
+            f" AND created <= ? AND severity IN ({marks_s}) AND phase IN ({marks_p})"
+            " ORDER BY id LIMIT ?",
+            (created_before, *severities, *phases, limit),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def fallback_state(self, alert_id: str, channel: str, contact: str) -> tuple[str, float] | None:
+        """(state, when) last recorded for one channel/contact of an alert."""
+        rows = self._read(
+            "SELECT state, at FROM fallback WHERE alert_id = ? AND channel = ? AND contact = ?",
+            (alert_id, channel, contact),
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def record_fallback(
+        self, alert_id: str, channel: str, contact: str, *, state: str, detail: str, attempts: int
+    ) -> None:
+        """Record the result of one channel/contact for an alert (sent, failed, deferred...)."""
+        self._write(
+            "INSERT INTO fallback (alert_id, channel, contact, state, detail, attempts, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id, channel, contact) DO UPDATE"
+            " SET state = excluded.state, detail = excluded.detail,"
+            " attempts = fallback.attempts + excluded.attempts, at = excluded.at",
+            (alert_id, channel, contact, state, detail[:500], attempts, time.time()),
+        )
+
+    def fallback_results(self, alert_id: str) -> list[tuple[str, str, str, str]]:
+        """(channel, contact, state, detail) recorded for an alert."""
+        rows = self._read(
+            "SELECT channel, contact, state, detail FROM fallback WHERE alert_id = ?"
+            " ORDER BY channel, contact",
+            (alert_id,),
+        )
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def mark_fallback_done(self, alert_id: str) -> None:
+        self._write("UPDATE outbox SET fallback_done = ? WHERE id = ?", (time.time(), alert_id))
+
+    def sent_since(self, channel: str, since: float) -> int:
+        """How many messages `channel` sent since `since` (for the hourly rate limit)."""
+        rows = self._read(
+            "SELECT count(*) FROM fallback WHERE channel = ? AND state = 'sent' AND at >= ?",
+            (channel, since),
+        )
+        return int(rows[0][0])
+
+    def purge_acked(self, older_than: float) -> int:
+        """Delete acknowledged rows acked before `older_than`; how many went."""
+        with self._lock:
+            try:
+                ids = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT id FROM outbox WHERE acked IS NOT NULL AND acked < ?",
+                        (older_than,),
+                    ).fetchall()
+                ]
+                for start in range(0, len(ids), 500):
+                    self._delete(ids[start : start + 500])
+            except sqlite3.Error as exc:
+                raise DeliveryError(f"outbox purge failed: {exc}") from None
+        return len(ids)
+
+    def depth(self) -> int:
+        """Unacknowledged alerts."""
+        return int(self._read("SELECT count(*) FROM outbox WHERE acked IS NULL")[0][0])
+
+    def stats(self) -> dict[str, int]:
+        rows = self._read(
+            "SELECT (SELECT count(*) FROM outbox WHERE acked IS NULL),"
+            " (SELECT count(*) FROM outbox),"
+            " (SELECT coalesce(max(value), 0) FROM counters WHERE name = 'dropped')"
+        )
+        depth, total, dropped = rows[0]
+        return {"outbox_depth": int(depth), "outbox_rows": int(total), "dropped": int(dropped)}
 
     def close(self) -> None:
         with self._lock:
