@@ -1,0 +1,159 @@
+"""The microphone path on a real audio server: a PulseAudio null sink whose monitor is
+remapped as a source acts as the microphone; `paplay` plays a real clip into the sink."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import decode
+from edge.capture import MicSource
+from edge.ring import AudioRing
+from tests.helpers import AUDIO_DEV, require_shared
+
+RATE = 16000
+
+
+class Pulse:
+    """A private PulseAudio server with sink `virt` (48 kHz) and source `virtmic`."""
+
+    def __init__(self, runtime: Path) -> None:
+        exe = shutil.which("pulseaudio")
+        if exe is None:
+            pytest.fail("pulseaudio is not installed: run `make deps`", pytrace=False)
+        self.exe = exe
+        self.runtime = runtime
+        self.server = f"unix:{runtime / 'native'}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PULSE_RUNTIME_PATH": str(self.runtime), "HOME": str(self.runtime)}
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--use-pid-file=no",
+                "-L",
+                f"module-native-protocol-unix auth-anonymous=1 socket={self.runtime}/native",
+                "-L",
+                "module-null-sink sink_name=virt rate=48000",
+                "-L",
+                "module-remap-source master=virt.monitor source_name=virtmic",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while subprocess.run(["pactl", "-s", self.server, "info"], capture_output=True).returncode:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail("the PulseAudio test server did not start", pytrace=False)
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pulse]:
+    server = Pulse(tmp_path / "pulse")
+    server.runtime.mkdir()
+    server.start()
+    monkeypatch.setenv("PULSE_SERVER", server.server)
+    yield server
+    server.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def best_correlation(captured: np.ndarray, reference: np.ndarray) -> float:
+    """Peak normalised cross-correlation of `reference` anywhere inside `captured`."""
+    n = len(captured) + len(reference)
+    size = 1 << (n - 1).bit_length()
+    spectrum = np.fft.rfft(captured, size) * np.conj(np.fft.rfft(reference, size))
+    corr = np.fft.irfft(spectrum, size)[: len(captured)]
+    energy = np.sqrt(
+        np.convolve(captured**2, np.ones(len(reference)), "full")[
+            len(reference) - 1 : len(reference) - 1 + len(captured)
+        ]
+    )
+    return float(np.max(corr / (energy * np.linalg.norm(reference) + 1e-9)))
+
+
+def test_microphone_through_pulseaudio_is_resampled_to_16k(pulse: Pulse) -> None:
+    clip = require_shared(AUDIO_DEV / "clips") / "gunshots__AK-12__3_14_.flac"
+    ring = AudioRing(RATE * 30)
+    source = MicSource("pulse:virtmic", ring, sample_rate=48000, channels=2)
+    source.start()
+    try:
+        wait_for(
+            lambda: source.stats.state == "running" and ring.head > RATE // 2,
+            15,
+            "capture to start",
+        )
+        before = ring.head
+        subprocess.run(
+            ["paplay", "-s", pulse.server, "--device=virt", str(clip)], check=True, timeout=30
+        )
+        time.sleep(0.5)
+        captured = ring.read(before, ring.head - before)
+    finally:
+        source.stop()
+    assert source.stats.native_rate == 48000
+    assert source.stats.channels == 2
+    reference = decode.read_all(clip)
+    seconds = len(captured) / RATE
+    assert seconds >= len(reference) / RATE, "captured less audio than was played"
+    assert best_correlation(captured, reference) > 0.9  # the clip came through, at 16 kHz
+
+
+def test_missing_microphone_is_retried_and_reported(pulse: Pulse) -> None:
+    ring = AudioRing(RATE * 5)
+    source = MicSource("alsa:no-such-microphone", ring, retry_max_s=1.0)
+    source.start()
+    try:
+        wait_for(lambda: source.stats.state == "retrying", 10, "the error to be reported")
+        assert "no-such-microphone" in source.stats.error
+        assert source._thread.is_alive()  # it keeps trying rather than crashing
+    finally:
+        source.stop()
+    assert source.stats.state == "stopped"
+
+
+def test_capture_comes_back_when_the_audio_server_returns(pulse: Pulse) -> None:
+    ring = AudioRing(RATE * 30)
+    source = MicSource("pulse:virtmic", ring, retry_max_s=1.0)
+    source.start()
+    try:
+        wait_for(
+            lambda: source.stats.state == "running" and ring.head > RATE // 4,
+            15,
+            "capture to start",
+        )
+        pulse.stop()  # the microphone goes away
+        wait_for(lambda: source.stats.state == "retrying", 15, "the loss to be noticed")
+        pulse.start()  # and comes back
+        wait_for(lambda: source.stats.state == "running", 30, "capture to resume")
+        resumed = ring.head
+        wait_for(lambda: ring.head > resumed + RATE // 2, 10, "samples after the return")
+        assert source.stats.error == ""
+    finally:
+        source.stop()
