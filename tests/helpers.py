@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,3 +89,214 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+# --- listener helpers ------------------------------------------------------------------------
+
+
+def make_alert(device: str = "dev-1", **fields: object) -> dict[str, object]:
+    """A valid `safeguard.alert/1` message (fields override the defaults)."""
+    from edge.schema import SCHEMA_ID, new_id, rfc3339
+
+    now = time.time()
+    alert: dict[str, object] = {
+        "schema": SCHEMA_ID,
+        "id": new_id(),
+        "device_id": device,
+        "event": "start",
+        "category": "scream",
+        "severity": "critical",
+        "score": 0.93,
+        "started_at": rfc3339(now - 1.0),
+        "sent_at": rfc3339(now),
+    }
+    alert.update(fields)
+    return alert
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on an ephemeral loopback port (initdb + pg_ctl).
+
+    As root it runs as the `postgres` user. Without initdb it falls back to a server already
+    listening on 127.0.0.1:5432 with trust authentication.
+    """
+
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
+        self.port = 5432
+        self.workdir: Path | None = None
+        self.owned = False
+
+    @staticmethod
+    def _initdb() -> str | None:
+        found = shutil.which("initdb")
+        if found:
+            return found
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        return str(candidates[-1]) if candidates else None
+
+    def _run(self, argv: list[str]) -> None:
+        import os
+
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        import os
+        import tempfile
+
+        initdb = self._initdb()
+        if initdb is None:
+            wait_port(5432, timeout=2)
+            return
+        self.workdir = Path(tempfile.mkdtemp(prefix="sg-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        data = self.workdir / "data"
+        self.port = free_port()
+        self._run(
+            [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]
+        )
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=200 "
+        if not self.durable:
+            options += "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+        self._run(
+            [
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(self.workdir / "log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+        self.owned = True
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.owned and self.workdir is not None:
+            initdb = self._initdb()
+            assert initdb is not None
+            pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+            self._run([pg_ctl, "-D", str(self.workdir / "data"), "-m", "fast", "-w", "stop"])
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.owned = False
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True
+        ) as conn:
+            conn.execute(sql.encode())
+
+    def create_database(self, name: str) -> str:
+        """A fresh, empty database; its URL."""
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin(f'CREATE DATABASE "{name}"')
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def drop_database(self, name: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_CLUSTER: list[PostgresCluster] = []
+
+
+def postgres_cluster() -> PostgresCluster:
+    """The suite's one throwaway PostgreSQL cluster, started on first use, stopped at exit."""
+    if not _CLUSTER:
+        import atexit
+
+        cluster = PostgresCluster()
+        cluster.start()
+        atexit.register(cluster.stop)
+        _CLUSTER.append(cluster)
+    return _CLUSTER[0]
+
+
+def listener_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh listener database URL of `kind` (sqlite or postgresql), dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/alerts.db"
+        return
+    import uuid
+
+    cluster = postgres_cluster()
+    name = f"sg_test_{uuid.uuid4().hex[:12]}"
+    url = cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        cluster.drop_database(name)
+
+
+class DeviceClient:
+    """A simulated device side: publishes alerts (QoS 1) and collects the listener's acks."""
+
+    def __init__(self, port: int, prefix: str = "safeguard", name: str = "") -> None:
+        import threading
+        import uuid
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.prefix = prefix
+        self.acks: list[dict[str, object]] = []
+        self.cond = threading.Condition()
+        self.on_ack: list[object] = []
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=name or f"sim-{uuid.uuid4().hex[:10]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        result = self.client.subscribe(f"{prefix}/+/ack", qos=1)
+        assert result[0] == 0
+        time.sleep(0.1)  # the SUBACK; acks published before it would be missed
+
+    def _on_message(self, _c: object, _u: object, msg: object) -> None:
+        import json
+
+        ack = json.loads(msg.payload)  # type: ignore[attr-defined]
+        ack["_topic"] = msg.topic  # type: ignore[attr-defined]
+        for hook in self.on_ack:
+            hook(ack)  # type: ignore[operator]
+        with self.cond:
+            self.acks.append(ack)
+            self.cond.notify_all()
+
+    def publish_alert(self, alert: dict[str, object], device: str | None = None) -> None:
+        import json
+
+        self.publish_raw(device or str(alert["device_id"]), json.dumps(alert).encode())
+
+    def publish_raw(self, device: str, payload: bytes, suffix: str = "alert") -> None:
+        info = self.client.publish(f"{self.prefix}/{device}/{suffix}", payload, qos=1)
+        assert info.rc == 0
+
+    def wait_acks(self, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.acks) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(self.acks)} acks after {timeout} s, wanted {count}")
+                self.cond.wait(left)
+            return list(self.acks)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,249 @@
+"""The HTTP API: alerts, acknowledgement, devices, clips, live stream, health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from listener.state import State
+from listener.store import AlertFilter
+
+log = logging.getLogger(__name__)
+
+NO_NUL = r"^[^\x00]*$"
+CLIP_TYPES = ("audio/wav", "audio/x-wav", "audio/flac", "audio/mpeg", "video/mp4", "video/webm")
+
+Severity = Literal["info", "warning", "critical"]
+Status = Literal["new", "acknowledged", "resolved"]
+AlertId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL)]
+Text64 = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
+
+
+class Handling(BaseModel):
+    """What the listener knows about an alert beyond its message."""
+
+    status: Status
+    received_at: str
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    resolved_by: str | None
+    resolved_at: str | None
+    note: str | None
+    has_clip: bool
+    lat: float | None
+    lon: float | None
+
+
+class AlertOut(BaseModel):
+    """A stored `safeguard.alert/1` message (all its fields) plus `listener`."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: str = Field(alias="schema")
+    id: str
+    device_id: str
+    event: str
+    category: str
+    severity: str
+    score: float
+    started_at: str
+    sent_at: str
+    listener: Handling
+
+
+class Mark(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=128, pattern=NO_NUL, description="Who")
+    note: str | None = Field(None, max_length=2000, pattern=NO_NUL, description="A remark")
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    status: str | None
+    status_at: str | None
+    health: dict[str, Any] | None
+    health_at: str | None
+    last_alert_at: str | None
+    alerts: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    mqtt: bool
+    database: bool
+
+
+class DashboardConfig(BaseModel):
+    tile_url: str
+    tile_attribution: str
+
+
+_bearer = HTTPBearer(auto_error=False, description="SAFEGUARD_API_TOKEN")
+
+
+def state_of(request: Request) -> State:
+    state: State = request.app.state.listener
+    return state
+
+
+def authorize(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    token = state_of(request).token
+    given = creds.credentials if creds is not None else ""
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+StateDep = Annotated[State, Depends(state_of)]
+public = APIRouter()
+router = APIRouter(dependencies=[Depends(authorize)], responses={401: {"description": "No token"}})
+_404: dict[int | str, dict[str, Any]] = {404: {"description": "No such alert"}}
+
+
+@public.get("/healthz", response_model=Health, tags=["ops"])
+def healthz(state: StateDep) -> Health:
+    """Liveness and readiness, without a token."""
+    mqtt_ok = state.ingest.connected.is_set()
+    try:
+        state.store.count_alerts()
+        db_ok = True
+    except Exception:  # reported, not raised: this endpoint says what is wrong
+        log.warning("database check failed", exc_info=True)
+        db_ok = False
+    return Health(status="ok" if mqtt_ok and db_ok else "degraded", mqtt=mqtt_ok, database=db_ok)
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+def metrics(state: StateDep) -> Response:
+    """Prometheus exposition."""
+    return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/api/alerts", response_model=list[AlertOut], tags=["alerts"])
+def list_alerts(
+    state: StateDep,
+    *,
+    device: Text64 = None,
+    category: Text64 = None,
+    severity: Severity | None = None,
+    status: Status | None = None,
+    since: Annotated[datetime | None, Query(description="received at or after (RFC 3339)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[dict[str, Any]]:
+    """Alerts, newest first."""
+    if since is not None and since.tzinfo is None:
+        raise HTTPException(422, "since needs a time zone (e.g. Z)")
+    where = AlertFilter(device, category, severity, status, since)
+    return state.store.list_alerts(where, limit, offset)
+
+
+@router.get("/api/alerts/{alert_id}", response_model=AlertOut, responses=_404, tags=["alerts"])
+def get_alert(state: StateDep, alert_id: AlertId) -> dict[str, Any]:
+    alert = state.store.get_alert(alert_id)
+    if alert is None:
+        raise HTTPException(404, "no such alert")
+    return alert
+
+
+def _mark(state: State, alert_id: str, action: str, body: Mark) -> dict[str, Any]:
+    alert = state.store.mark(alert_id, action, body.by, body.note)
+    if alert is None:
+        raise HTTPException(404, "no such alert")
+    state.hub.publish("update", alert)
+    return alert
+
+
+@router.post("/api/alerts/{alert_id}/ack", response_model=AlertOut, responses=_404, tags=["alerts"])
+def acknowledge(state: StateDep, alert_id: AlertId, body: Mark) -> dict[str, Any]:
+    """A person saw the alert (the first acknowledgement is kept)."""
+    return _mark(state, alert_id, "ack", body)
+
+
+@router.post(
+    "/api/alerts/{alert_id}/resolve", response_model=AlertOut, responses=_404, tags=["alerts"]
+)
+def resolve(state: StateDep, alert_id: AlertId, body: Mark) -> dict[str, Any]:
+    """The situation is dealt with."""
+    return _mark(state, alert_id, "resolve", body)
+
+
+@router.get("/api/devices", response_model=list[DeviceOut], tags=["devices"])
+def list_devices(state: StateDep) -> list[dict[str, Any]]:
+    """Every device seen, with its last status and health."""
+    return state.store.list_devices()
+
+
+_CLIP_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CLIP_TYPES},
+    }
+}
+
+
+@router.put(
+    "/api/alerts/{alert_id}/clip",
+    status_code=204,
+    response_class=Response,
+    openapi_extra=_CLIP_BODY,
+    responses={**_404, 413: {"description": "Too large"}, 415: {"description": "Bad type"}},
+    tags=["clips"],
+)
+async def upload_clip(state: StateDep, alert_id: AlertId, request: Request) -> Response:
+    """Upload (or replace) the evidence clip of an alert."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in CLIP_TYPES:
+        raise HTTPException(415, f"content type must be one of {', '.join(CLIP_TYPES)}")
+    limit = state.cfg.http.max_clip_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"clip larger than {limit} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data.extend(chunk)
+        if len(data) > limit:
+            raise HTTPException(413, f"clip larger than {limit} bytes")
+    if not data:
+        raise HTTPException(422, "empty clip")
+    if not state.store.put_clip(alert_id, content_type, bytes(data)):
+        raise HTTPException(404, "no such alert")
+    alert = state.store.get_alert(alert_id)
+    if alert is not None:
+        state.hub.publish("update", alert)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/api/alerts/{alert_id}/clip",
+    response_class=Response,
+    responses={**_404, 200: {"content": {t: {} for t in CLIP_TYPES}}},
+    tags=["clips"],
+)
+def download_clip(state: StateDep, alert_id: AlertId) -> Response:
+    clip = state.store.get_clip(alert_id)
+    if clip is None:
+        raise HTTPException(404, "no clip for this alert")
+    return Response(clip[1], media_type=clip[0])
+
+
+@router.get("/api/live", tags=["alerts"], response_class=StreamingResponse)
+def live(state: StateDep) -> StreamingResponse:
+    """Server-sent events: `alert` (newly stored) and `update` (acknowledged, resolved, clip)."""
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(state.hub.stream(), media_type="text/event-stream", headers=headers)
+
+
+@router.get("/api/config", response_model=DashboardConfig, tags=["dashboard"])
+def dashboard_config(state: StateDep) -> DashboardConfig:
+    return DashboardConfig(
+        tile_url=state.cfg.http.tile_url, tile_attribution=state.cfg.http.tile_attribution
+    )

@@ -1,0 +1,280 @@
+"""Ingest: MQTT 5 shared subscription -> checks -> batched idempotent store -> ack.
+
+The broker's PUBACK for an alert is sent only after the alert is stored (manual acks), and
+the listener's own ack message `{"id": ..., "status": "stored"}` is published after the store
+commits. Rejected messages are counted and acknowledged so that the broker does not resend them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from listener.checks import Rejected, check_alert, check_health, check_status, topic_device
+from listener.config import ListenerConfig, read_secret
+from listener.metrics import Metrics
+from listener.store import Store, utcnow
+
+log = logging.getLogger(__name__)
+
+StoredSink = Callable[[list[dict[str, Any]], datetime], None]
+
+
+@dataclass(frozen=True)
+class Pending:
+    alert: dict[str, Any]
+    mid: int
+    qos: int
+
+
+class Ingest:
+    """One MQTT client and one store worker thread."""
+
+    def __init__(
+        self,
+        cfg: ListenerConfig,
+        store: Store,
+        metrics: Metrics,
+        on_stored: StoredSink | None = None,
+        on_peer_ack: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.on_stored = on_stored
+        self.on_peer_ack = on_peer_ack
+        self.prefix = cfg.mqtt.prefix
+        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=4 * cfg.database.batch_size + 1000)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.connected = threading.Event()
+        client_id = cfg.mqtt.client_id or f"safeguard-listener-{socket.gethostname()}-{os.getpid()}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{client_id}-{random.getrandbits(24):06x}"[:64]
+            if not cfg.mqtt.client_id
+            else client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        self.client.max_inflight_messages_set(200)
+        self.client.reconnect_delay_set(1, 30)
+        if cfg.mqtt.username:
+            password = read_secret("SAFEGUARD_MQTT_PASSWORD", "mqtt_password") or None
+            self.client.username_pw_set(cfg.mqtt.username, password)
+        if cfg.mqtt.tls:
+            self.client.tls_set(ca_certs=cfg.mqtt.ca_file or None)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._store_loop, name="listener-store", daemon=True)
+        self._worker.start()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: untyped
+        props.ReceiveMaximum = self.cfg.mqtt.receive_maximum
+        self.client.connect_async(
+            self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive, properties=props
+        )
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+            self._worker = None
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+        self.metrics.mqtt_connected.set(0)
+
+    # --- MQTT callbacks (network thread) ------------------------------------------------
+    def _on_connect(
+        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        p, group = self.prefix, self.cfg.mqtt.group
+        topics = [
+            (f"$share/{group}/{p}/+/alert", SubscribeOptions(qos=1)),
+            (f"{p}/+/status", SubscribeOptions(qos=1)),
+            (f"{p}/+/health", SubscribeOptions(qos=0)),
+        ]
+        if self.on_peer_ack is not None:
+            topics.append((f"{p}/+/ack", SubscribeOptions(qos=0, noLocal=True)))
+        client.subscribe(topics)
+        log.info("connected to %s:%s, group %s", self.cfg.mqtt.host, self.cfg.mqtt.port, group)
+        self.connected.set()
+        self.metrics.mqtt_connected.set(1)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        self.connected.clear()
+        self.metrics.mqtt_connected.set(0)
+        if not self._stop.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.handle(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        except Exception:  # a bug must not kill the network thread
+            log.exception("unexpected error handling a message on %s", msg.topic[:200])
+            self.metrics.count("failed")
+            client.ack(msg.mid, msg.qos)
+
+    def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        """Route one message; alerts go to the store queue, everything else is acked here."""
+        if topic.endswith("/alert"):
+            try:
+                alert = check_alert(topic, payload, self.prefix, self.cfg.mqtt.max_message_bytes)
+            except Rejected as exc:
+                self.metrics.count(exc.reason)
+                log.warning("rejected a message on %s: %s", topic[:200], exc)
+                self.client.ack(mid, qos)
+                return
+            self._enqueue(Pending(alert, mid, qos))
+            return
+        try:
+            self._device_message(topic, payload)
+        finally:
+            self.client.ack(mid, qos)
+
+    def _device_message(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/ack"):
+            if self.on_peer_ack is not None and len(payload) < 1024:
+                try:
+                    ack = json.loads(payload)
+                    ack_id = ack.get("id") if isinstance(ack, dict) else None
+                except ValueError:
+                    ack_id = None
+                if isinstance(ack_id, str):
+                    self.on_peer_ack(ack_id)
+            return
+        for kind in ("status", "health"):
+            device = topic_device(topic, self.prefix, kind)
+            if device is None or not payload:  # an empty payload clears a retained message
+                continue
+            try:
+                if kind == "status":
+                    fields: dict[str, Any] = {
+                        "status": check_status(payload),
+                        "status_at": utcnow(),
+                    }
+                else:
+                    limit = self.cfg.mqtt.max_message_bytes
+                    fields = {"health": check_health(payload, limit), "health_at": utcnow()}
+                self.store.set_device(device[:64], **fields)
+            except Rejected as exc:
+                self.metrics.device_messages.labels(kind=kind, outcome=exc.reason).inc()
+                return
+            except SQLAlchemyError as exc:
+                self.metrics.device_messages.labels(kind=kind, outcome="failed").inc()
+                log.warning("cannot store the %s of %s: %s", kind, device[:64], exc)
+                return
+            self.metrics.device_messages.labels(kind=kind, outcome="stored").inc()
+
+    def _enqueue(self, item: Pending) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                log.warning("store queue full; holding the broker back")
+
+    # --- store worker -------------------------------------------------------------------
+    def _take_batch(self) -> list[Pending]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.cfg.database.batch_wait_ms / 1000
+        while len(batch) < self.cfg.database.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(left, 0.002))
+        return batch
+
+    def _store_loop(self) -> None:
+        """Store batches until stopped and the queue is drained."""
+        while True:
+            batch = self._take_batch()
+            self.metrics.queue_depth.set(self._queue.qsize())
+            if batch:
+                self._store_batch(batch)
+            elif self._stop.is_set():
+                return
+
+    def _store_batch(self, batch: list[Pending]) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            received = utcnow()
+            try:
+                with self.metrics.store_seconds.time():
+                    new = self.store.store_alerts([p.alert for p in batch], received)
+            except OperationalError as exc:
+                self.metrics.store_errors.inc()
+                attempt += 1
+                delay = random.uniform(0, 1.5 ** min(10, attempt))
+                log.warning("database unavailable (%s); retrying in %.1f s", exc.orig, delay)
+                self._stop.wait(delay)
+                continue
+            except SQLAlchemyError:
+                self.metrics.store_errors.inc()
+                if len(batch) == 1:
+                    log.exception("cannot store alert %s; dropping it", batch[0].alert["id"])
+                    self.metrics.count("failed")
+                    self.client.ack(batch[0].mid, batch[0].qos)
+                    return
+                for single in batch:  # isolate the message the database refuses
+                    self._store_batch([single])
+                return
+            self._after_store(batch, new, received)
+            return
+
+    def _after_store(self, batch: list[Pending], new: set[str], received: datetime) -> None:
+        fresh: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for item in batch:
+            alert_id = item.alert["id"]
+            if alert_id in new and alert_id not in seen:
+                fresh.append(item.alert)
+            else:
+                self.metrics.count("duplicate")
+            seen.add(alert_id)
+            ack = json.dumps({"id": alert_id, "status": "stored"})
+            self.client.publish(f"{self.prefix}/{item.alert['device_id']}/ack", ack, qos=1)
+            self.metrics.acks.inc()
+            self.client.ack(item.mid, item.qos)
+        self.metrics.count("stored", len(fresh))
+        if fresh and self.on_stored is not None:
+            try:
+                self.on_stored(fresh, received)
+            except Exception:
+                log.exception("live update failed")

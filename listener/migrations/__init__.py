@@ -1,0 +1,1 @@
+"""Alembic migrations of the listener's database (run by `listener.store.Store.migrate`)."""

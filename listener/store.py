@@ -1,0 +1,286 @@
+"""The alert store: SQLite (embedded default) or PostgreSQL (fleet), idempotent by alert id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from listener.models import alerts, clips, devices
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("new", "acknowledged", "resolved")
+
+
+class StoreError(Exception):
+    """The database cannot be reached or refused an operation."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 string (as the schema allows) as an aware UTC datetime."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _iso(value: datetime | None) -> str | None:
+    aware = _aware(value)
+    return None if aware is None else aware.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    device: str | None = None
+    category: str | None = None
+    severity: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a config URL: psycopg 3 for postgresql://."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+class Store:
+    """All database access of the listener. Thread-safe (one engine, pooled connections)."""
+
+    def __init__(self, url: str) -> None:
+        sa_url = make_url(engine_url(url))
+        if sa_url.get_backend_name() == "sqlite" and sa_url.database not in (None, "", ":memory:"):
+            Path(str(sa_url.database)).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(sa_url, pool_pre_ping=True)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (safe to run from several instances)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the database: {exc}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # --- ingest -------------------------------------------------------------------------
+    def store_alerts(self, batch: Iterable[dict[str, Any]], received_at: datetime) -> set[str]:
+        """Store valid alerts; the ids that were new (others were already stored)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for alert in batch:
+            rows.setdefault(alert["id"], _row(alert, received_at))
+        if not rows:
+            return set()
+        stmt = (
+            self._insert(alerts)
+            .values(list(rows.values()))
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(alerts.c.id)
+        )
+        with self.engine.begin() as conn:
+            return {str(r[0]) for r in conn.execute(stmt)}
+
+    def set_device(self, device_id: str, **fields: Any) -> None:
+        """Upsert a device's last status (`status`, `status_at`) or health (`health`, ...)."""
+        stmt = self._insert(devices).values(device_id=device_id, **fields)
+        stmt = stmt.on_conflict_do_update(index_elements=["device_id"], set_=fields)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    # --- queries ------------------------------------------------------------------------
+    def _select(self) -> Any:
+        has_clip = select(clips.c.alert_id).where(clips.c.alert_id == alerts.c.id).exists()
+        return select(alerts, has_clip.label("has_clip"))
+
+    def list_alerts(self, where: AlertFilter, limit: int, offset: int) -> list[dict[str, Any]]:
+        query = self._select()
+        for column, value in (
+            (alerts.c.device_id, where.device),
+            (alerts.c.category, where.category),
+            (alerts.c.severity, where.severity),
+            (alerts.c.status, where.status),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if where.since is not None:
+            query = query.where(alerts.c.received_at >= where.since.astimezone(timezone.utc))
+        query = query.order_by(alerts.c.received_at.desc(), alerts.c.id.desc())
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
+        return [_to_api(r) for r in rows]
+
+    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._select().where(alerts.c.id == alert_id)).mappings().first()
+        return None if row is None else _to_api(row)
+
+    def count_alerts(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(alerts)).scalar_one())
+
+    def mark(self, alert_id: str, action: str, by: str, note: str | None) -> dict[str, Any] | None:
+        """Acknowledge or resolve an alert (resolving also acknowledges); None if unknown."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(alerts.c.acknowledged_at).where(alerts.c.id == alert_id)
+            ).first()
+            if row is None:
+                return None
+            values: dict[str, Any] = {}
+            if row[0] is None:
+                values.update(acknowledged_by=by, acknowledged_at=now)
+            if action == "resolve":
+                values.update(resolved_by=by, resolved_at=now, status="resolved")
+            elif row[0] is None:
+                values["status"] = "acknowledged"
+            if note is not None:
+                values["note"] = note
+            if values:
+                conn.execute(update(alerts).where(alerts.c.id == alert_id).values(**values))
+        return self.get_alert(alert_id)
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        last = (
+            select(
+                alerts.c.device_id,
+                func.max(alerts.c.received_at).label("last_alert_at"),
+                func.count().label("alerts"),
+            )
+            .group_by(alerts.c.device_id)
+            .subquery()
+        )
+        with self.engine.connect() as conn:
+            known = {r.device_id: dict(r._mapping) for r in conn.execute(select(devices))}
+            counts = {r.device_id: r for r in conn.execute(select(last))}
+        out = []
+        for device_id in sorted(set(known) | set(counts)):
+            row = known.get(device_id, {})
+            tally = counts.get(device_id)
+            out.append(
+                {
+                    "device_id": device_id,
+                    "status": row.get("status"),
+                    "status_at": _iso(row.get("status_at")),
+                    "health": row.get("health"),
+                    "health_at": _iso(row.get("health_at")),
+                    "last_alert_at": _iso(tally.last_alert_at) if tally else None,
+                    "alerts": int(tally.alerts) if tally else 0,
+                }
+            )
+        return out
+
+    # --- clips --------------------------------------------------------------------------
+    def put_clip(self, alert_id: str, content_type: str, data: bytes) -> bool:
+        """Store (or replace) an alert's clip; False if the alert is unknown."""
+        values = {"content_type": content_type, "size": len(data), "uploaded_at": utcnow()}
+        stmt = self._insert(clips).values(alert_id=alert_id, data=data, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["alert_id"], set_={**values, "data": data}
+        )
+        with self.engine.begin() as conn:
+            if conn.execute(select(alerts.c.id).where(alerts.c.id == alert_id)).first() is None:
+                return False
+            conn.execute(stmt)
+        return True
+
+    def get_clip(self, alert_id: str) -> tuple[str, bytes] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(clips.c.content_type, clips.c.data).where(clips.c.alert_id == alert_id)
+            ).first()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _row(alert: dict[str, Any], received_at: datetime) -> dict[str, Any]:
+    location = alert.get("location")
+    lat = lon = None
+    if isinstance(location, dict):
+        raw_lat, raw_lon = location.get("lat"), location.get("lon")
+        if _is_coord(raw_lat, 90) and _is_coord(raw_lon, 180):
+            lat, lon = float(raw_lat), float(raw_lon)
+    return {
+        "id": alert["id"],
+        "device_id": alert["device_id"],
+        "event": alert["event"],
+        "event_id": alert.get("event_id"),
+        "category": alert["category"],
+        "severity": alert["severity"],
+        "score": float(alert["score"]),
+        "started_at": parse_time(alert["started_at"]),
+        "sent_at": parse_time(alert["sent_at"]),
+        "received_at": received_at,
+        "lat": lat,
+        "lon": lon,
+        "payload": alert,
+    }
+
+
+def _is_coord(value: object, bound: float) -> TypeGuard[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return -bound <= value <= bound
+
+
+def _to_api(row: Any) -> dict[str, Any]:
+    out = dict(row["payload"])
+    out["listener"] = {
+        "status": row["status"],
+        "received_at": _iso(row["received_at"]),
+        "acknowledged_by": row["acknowledged_by"],
+        "acknowledged_at": _iso(row["acknowledged_at"]),
+        "resolved_by": row["resolved_by"],
+        "resolved_at": _iso(row["resolved_at"]),
+        "note": row["note"],
+        "has_clip": bool(row["has_clip"]),
+        "lat": row["lat"],
+        "lon": row["lon"],
+    }
+    return out
+
+
+def fresh_alert(alert: dict[str, Any], received_at: datetime) -> dict[str, Any]:
+    """The API form of an alert just stored (no database round trip)."""
+    row = {**_row(alert, received_at), "acknowledged_by": None, "acknowledged_at": None}
+    row.update(status="new", resolved_by=None, resolved_at=None, note=None, has_clip=False)
+    return _to_api(row)

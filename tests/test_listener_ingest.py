@@ -1,0 +1,154 @@
+"""Ingest against a real Mosquitto, with SQLite and with PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from listener.config import ListenerConfig, parse
+from listener.ingest import Ingest
+from listener.metrics import Metrics
+from listener.store import AlertFilter, Store
+from tests.helpers import DeviceClient, Mosquitto, listener_database, make_alert
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from listener_database(request.param, tmp_path)
+
+
+def config(port: int, url: str, **mqtt: object) -> ListenerConfig:
+    return parse(
+        {"mqtt": {"port": port, "max_message_bytes": 4096, **mqtt}, "database": {"url": url}}
+    )
+
+
+def wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met after {timeout} s")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def running(mosquitto: Mosquitto, db_url: str) -> Iterator[tuple[Ingest, Store, Metrics]]:
+    store = Store(db_url)
+    store.migrate()
+    metrics = Metrics()
+    ingest = Ingest(config(mosquitto.port, db_url), store, metrics)
+    ingest.start()
+    assert ingest.connected.wait(10)
+    time.sleep(0.2)  # SUBACK
+    yield ingest, store, metrics
+    ingest.stop()
+    store.close()
+
+
+def test_valid_duplicate_and_bad_messages(
+    running: tuple[Ingest, Store, Metrics], mosquitto: Mosquitto
+) -> None:
+    ingest, store, metrics = running
+    device = DeviceClient(mosquitto.port)
+    stored_when_acked: list[bool] = []
+    device.on_ack.append(
+        lambda ack: stored_when_acked.append(store.get_alert(ack["id"]) is not None)
+    )
+    first = make_alert("kitchen-pi", location={"lat": 27.49, "lon": 77.67})
+    second = make_alert("kitchen-pi", category="gunshot", event="end", event_id=first["id"])
+    device.publish_alert(first)
+    device.publish_alert(first)  # a resend: stored once, acked again
+    device.publish_raw("kitchen-pi", b"{not json")
+    device.publish_raw("kitchen-pi", json.dumps({**make_alert("kitchen-pi"), "score": 7}).encode())
+    device.publish_raw("kitchen-pi", b'{"score": NaN}')
+    device.publish_raw("kitchen-pi", json.dumps(make_alert("kitchen-pi", pad="x" * 5000)).encode())
+    device.publish_alert(make_alert("hall-pi"), device="kitchen-pi")  # spoofed device id
+    device.publish_raw("kitchen-pi", b"\xff\xfe")
+    device.publish_alert(second)
+    acks = device.wait_acks(3)
+    wait_for(lambda: metrics.value("malformed") == 4 and metrics.value("spoofed") == 1)
+    time.sleep(0.3)  # nothing more may arrive
+    assert len(device.acks) == 3
+    assert sorted(str(a["id"]) for a in acks) == sorted(
+        str(i) for i in [first["id"], first["id"], second["id"]]
+    )
+    assert all(a["status"] == "stored" and a["_topic"] == "safeguard/kitchen-pi/ack" for a in acks)
+    assert stored_when_acked == [True, True, True]
+    assert store.count_alerts() == 2
+    assert metrics.value("stored") == 2
+    assert metrics.value("duplicate") == 1
+    assert metrics.value("oversized") == 1
+    got = store.get_alert(str(first["id"]))
+    assert got is not None
+    assert got["listener"]["lat"] == 27.49
+    assert got["listener"]["status"] == "new"
+    newest = store.list_alerts(AlertFilter(), 10, 0)
+    assert [a["id"] for a in newest] == [second["id"], first["id"]]
+    assert ingest.connected.is_set()
+    device.close()
+
+
+def test_device_status_and_health(
+    running: tuple[Ingest, Store, Metrics], mosquitto: Mosquitto
+) -> None:
+    _ingest, store, metrics = running
+    device = DeviceClient(mosquitto.port)
+    device.publish_raw("porch-pi", b"online", suffix="status")
+    device.publish_raw("porch-pi", json.dumps({"temp_c": 51.5, "drops": 0}).encode(), "health")
+    device.publish_raw("attic-pi", b"exploded", suffix="status")
+    device.publish_raw("attic-pi", b"[1, 2]", suffix="health")
+    wait_for(lambda: any(d["health"] for d in store.list_devices()))
+    devices = {d["device_id"]: d for d in store.list_devices()}
+    assert devices["porch-pi"]["status"] == "online"
+    assert devices["porch-pi"]["health"] == {"temp_c": 51.5, "drops": 0}
+    assert "attic-pi" not in devices
+    malformed = metrics.registry.get_sample_value(
+        "safeguard_listener_device_messages_total", {"kind": "status", "outcome": "malformed"}
+    )
+    assert malformed == 1
+    device.close()
+
+
+def test_survives_a_broker_restart(
+    running: tuple[Ingest, Store, Metrics], mosquitto: Mosquitto
+) -> None:
+    ingest, store, _metrics = running
+    mosquitto.restart()
+    wait_for(ingest.connected.is_set, timeout=20)
+    time.sleep(0.3)
+    device = DeviceClient(mosquitto.port)
+    alert = make_alert("after-restart")
+    device.publish_alert(alert)
+    device.wait_acks(1)
+    assert store.get_alert(str(alert["id"])) is not None
+    device.close()
+
+
+def test_two_instances_share_the_load(mosquitto: Mosquitto, db_url: str) -> None:
+    store = Store(db_url)
+    store.migrate()
+    group = [Ingest(config(mosquitto.port, db_url), Store(db_url), Metrics()) for _ in range(2)]
+    for member in group:
+        member.start()
+        assert member.connected.wait(10)
+    time.sleep(0.3)
+    device = DeviceClient(mosquitto.port)
+    sent = [make_alert(f"dev-{i % 7}") for i in range(200)]
+    for alert in sent:
+        device.publish_alert(alert)
+    for alert in sent[:20]:
+        device.publish_alert(alert)
+    device.wait_acks(220, timeout=30)
+    stored = [m.metrics.value("stored") for m in group]
+    assert sum(stored) == 200
+    assert all(n > 0 for n in stored), stored  # both members took a share
+    assert store.count_alerts() == 200
+    for member in group:
+        member.stop()
+        member.store.close()
+    store.close()
+    device.close()
