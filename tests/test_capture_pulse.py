@@ -54,7 +54,8 @@ class Pulse:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 15
-        while subprocess.run(["pactl", "-s", self.server, "info"], capture_output=True).returncode:
+        probe = ["pactl", "-s", self.server, "info"]
+        while subprocess.run(probe, check=False, capture_output=True).returncode:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
                 pytest.fail("the PulseAudio test server did not start", pytrace=False)
