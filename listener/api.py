@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -240,6 +240,12 @@ def live(state: StateDep) -> StreamingResponse:
     """Server-sent events: `alert` (newly stored) and `update` (acknowledged, resolved, clip)."""
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(state.hub.stream(), media_type="text/event-stream", headers=headers)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI schema (behind the token like everything else)."""
+    return JSONResponse(request.app.openapi())
 
 
 @router.get("/api/config", response_model=DashboardConfig, tags=["dashboard"])

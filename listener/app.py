@@ -69,6 +69,9 @@ def create_app(state: State, *, start_ingest: bool = True) -> FastAPI:
         version="1",
         description="Stores safeguard.alert/1 messages, acknowledges them, serves them.",
         lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.listener = state
     app.include_router(api.public)

@@ -1,0 +1,184 @@
+"""The HTTP API: filters, pagination, acknowledgement, devices, clips, auth, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from listener.app import build_state, create_app
+from listener.config import parse, read_secret
+from listener.state import State
+from tests.helpers import listener_database, make_alert
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestClient, State]]:
+    for url in listener_database(request.param, tmp_path):
+        cfg = parse({"database": {"url": url}, "http": {"max_clip_bytes": 4096}})
+        state = build_state(cfg, TOKEN)
+        with TestClient(create_app(state, start_ingest=False)) as client:
+            yield client, state
+
+
+def seed(state: State) -> list[dict[str, Any]]:
+    """Six alerts received one after another (oldest first)."""
+    spec = [
+        ("kitchen-pi", "scream", "critical"),
+        ("kitchen-pi", "glass", "warning"),
+        ("hall-pi", "gunshot", "critical"),
+        ("hall-pi", "scream", "info"),
+        ("porch-pi", "fight", "warning"),
+        ("kitchen-pi", "scream", "critical"),
+    ]
+    alerts = []
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for i, (device, category, severity) in enumerate(spec):
+        alert = make_alert(device, category=category, severity=severity)
+        state.store.store_alerts([alert], base + timedelta(minutes=i))
+        alerts.append(alert)
+    return alerts
+
+
+def ids(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [a["id"] for a in response.json()]
+
+
+def test_auth_everywhere_but_health(api: tuple[TestClient, State]) -> None:
+    client, _state = api
+    for path in ("/api/alerts", "/api/devices", "/metrics", "/api/alerts/x", "/api/config"):
+        assert client.get(path).status_code == 401, path
+        wrong = client.get(path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401, path
+        assert wrong.headers["www-authenticate"] == "Bearer"
+    assert client.post("/api/alerts/x/ack", json={"by": "me"}).status_code == 401
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "degraded", "mqtt": False, "database": True}
+    assert client.get("/").status_code == 200  # the dashboard page itself (it asks for the token)
+
+
+def test_list_filters_and_pagination(api: tuple[TestClient, State]) -> None:
+    client, state = api
+    alerts = seed(state)
+    newest_first = [a["id"] for a in reversed(alerts)]
+    assert ids(client.get("/api/alerts", headers=AUTH)) == newest_first
+    assert ids(client.get("/api/alerts?limit=2", headers=AUTH)) == newest_first[:2]
+    assert ids(client.get("/api/alerts?limit=2&offset=2", headers=AUTH)) == newest_first[2:4]
+    assert ids(client.get("/api/alerts?device=hall-pi", headers=AUTH)) == newest_first[2:4]
+    scream = ids(client.get("/api/alerts?category=scream&severity=critical", headers=AUTH))
+    assert scream == [alerts[5]["id"], alerts[0]["id"]]
+    since = client.get("/api/alerts", params={"since": "2026-01-01T00:04:00Z"}, headers=AUTH)
+    assert ids(since) == newest_first[:2]
+    assert client.get("/api/alerts?limit=1000", headers=AUTH).status_code == 200
+    assert client.get("/api/alerts?limit=1001", headers=AUTH).status_code == 422
+    assert client.get("/api/alerts?severity=bad", headers=AUTH).status_code == 422
+    naive = client.get("/api/alerts", params={"since": "2026-01-01T00:04:00"}, headers=AUTH)
+    assert naive.status_code == 422
+    one = client.get(f"/api/alerts/{alerts[0]['id']}", headers=AUTH).json()
+    assert {k: one[k] for k in alerts[0]} == alerts[0]
+    assert one["listener"]["status"] == "new"
+    assert client.get("/api/alerts/unknown", headers=AUTH).status_code == 404
+
+
+def test_acknowledge_and_resolve(api: tuple[TestClient, State]) -> None:
+    client, state = api
+    alerts = seed(state)
+    target = alerts[2]["id"]
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    acked = client.post(f"/api/alerts/{target}/ack", json={"by": "alice"}, headers=AUTH)
+    assert acked.status_code == 200, acked.text
+    handling = acked.json()["listener"]
+    assert handling["status"] == "acknowledged"
+    assert handling["acknowledged_by"] == "alice"
+    when = datetime.fromisoformat(handling["acknowledged_at"].replace("Z", "+00:00"))
+    assert before <= when <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    again = client.post(f"/api/alerts/{target}/ack", json={"by": "bob"}, headers=AUTH).json()
+    assert again["listener"]["acknowledged_by"] == "alice"  # the first person is kept
+    body = {"by": "bob", "note": "false alarm: a film"}
+    done = client.post(f"/api/alerts/{target}/resolve", json=body, headers=AUTH).json()
+    assert done["listener"]["status"] == "resolved"
+    assert done["listener"]["resolved_by"] == "bob"
+    assert done["listener"]["note"] == "false alarm: a film"
+    assert ids(client.get("/api/alerts?status=resolved", headers=AUTH)) == [target]
+    assert len(ids(client.get("/api/alerts?status=new", headers=AUTH))) == 5
+    missing = client.post("/api/alerts/nope/ack", json={"by": "alice"}, headers=AUTH)
+    assert missing.status_code == 404
+    bad = client.post(f"/api/alerts/{target}/ack", json={"by": ""}, headers=AUTH)
+    assert bad.status_code == 422
+    extra = client.post(f"/api/alerts/{target}/ack", json={"by": "a", "x": 1}, headers=AUTH)
+    assert extra.status_code == 422
+
+
+def test_devices_status_health_and_counts(api: tuple[TestClient, State]) -> None:
+    client, state = api
+    seed(state)
+    now = datetime.now(timezone.utc)
+    state.store.set_device("kitchen-pi", status="online", status_at=now)
+    state.store.set_device("kitchen-pi", health={"temp_c": 61.0}, health_at=now)
+    state.store.set_device("garage-pi", status="offline", status_at=now)
+    response = client.get("/api/devices", headers=AUTH)
+    assert response.status_code == 200
+    devices = {d["device_id"]: d for d in response.json()}
+    assert set(devices) == {"kitchen-pi", "hall-pi", "porch-pi", "garage-pi"}
+    assert devices["kitchen-pi"]["status"] == "online"
+    assert devices["kitchen-pi"]["health"] == {"temp_c": 61.0}
+    assert devices["kitchen-pi"]["alerts"] == 3
+    assert devices["garage-pi"]["alerts"] == 0
+    assert devices["garage-pi"]["status"] == "offline"
+    assert devices["hall-pi"]["status"] is None
+
+
+def test_clip_upload_and_download(api: tuple[TestClient, State]) -> None:
+    client, state = api
+    alert = seed(state)[0]
+    url = f"/api/alerts/{alert['id']}/clip"
+    wav = b"RIFF" + bytes(range(256)) * 4
+    assert client.get(url, headers=AUTH).status_code == 404
+    put = client.put(url, content=wav, headers={**AUTH, "Content-Type": "audio/wav"})
+    assert put.status_code == 204, put.text
+    got = client.get(url, headers=AUTH)
+    assert got.status_code == 200
+    assert got.content == wav
+    assert got.headers["content-type"] == "audio/wav"
+    assert client.get(f"/api/alerts/{alert['id']}", headers=AUTH).json()["listener"]["has_clip"]
+    typed = {**AUTH, "Content-Type": "text/plain"}
+    assert client.put(url, content=b"x", headers=typed).status_code == 415
+    big = client.put(url, content=b"x" * 5000, headers={**AUTH, "Content-Type": "video/mp4"})
+    assert big.status_code == 413
+    unknown = client.put(
+        "/api/alerts/nope/clip", content=wav, headers={**AUTH, "Content-Type": "audio/wav"}
+    )
+    assert unknown.status_code == 404
+    assert client.get(url, headers=AUTH).content == wav  # the rejected uploads changed nothing
+
+
+def test_openapi_and_metrics(api: tuple[TestClient, State]) -> None:
+    client, state = api
+    assert client.get("/openapi.json").status_code == 401
+    spec = client.get("/openapi.json", headers=AUTH).json()
+    assert "/api/alerts" in spec["paths"]
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    state.metrics.count("malformed", 3)
+    text = client.get("/metrics", headers=AUTH).text
+    assert 'safeguard_listener_alerts_total{outcome="malformed"} 3.0' in text
+
+
+def test_token_from_environment_or_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SAFEGUARD_API_TOKEN", raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert read_secret("SAFEGUARD_API_TOKEN", "api_token") == ""
+    (tmp_path / "api_token").write_text("from-credentials\n")
+    assert read_secret("SAFEGUARD_API_TOKEN", "api_token") == "from-credentials"
+    monkeypatch.setenv("SAFEGUARD_API_TOKEN", "from-env")
+    assert read_secret("SAFEGUARD_API_TOKEN", "api_token") == "from-env"
