@@ -1,0 +1,76 @@
+"""Home Assistant MQTT discovery: one binary sensor per category, plus device availability.
+
+The discovery messages are retained and published on every connect and again whenever
+Home Assistant announces itself (`<discovery_prefix>/status` = `online`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_SLUG = re.compile(r"[^a-z0-9_]+")
+
+
+class HomeAssistantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery messages.")
+    discovery_prefix: str = Field(
+        "homeassistant",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Home Assistant's discovery prefix; its birth topic is <prefix>/status.",
+    )
+    categories: list[str] = Field(
+        default_factory=lambda: ["scream", "gunshot", "glass_break", "fight"],
+        max_length=64,
+        description="Categories announced as binary sensors; others are added when first seen.",
+    )
+
+
+def slug(text: str) -> str:
+    return _SLUG.sub("_", text.lower()).strip("_") or "x"
+
+
+def birth_topic(config: HomeAssistantConfig) -> str:
+    return f"{config.discovery_prefix}/status"
+
+
+def discovery_messages(
+    config: HomeAssistantConfig, prefix: str, device_id: str, categories: list[str]
+) -> list[tuple[str, str]]:
+    """(topic, retained JSON payload) for each category's binary sensor."""
+    base = f"{prefix}/{device_id}"
+    device = {
+        "identifiers": [f"safeguard_{slug(device_id)}"],
+        "name": f"Safeguard {device_id}",
+        "manufacturer": "Safeguard",
+        "model": "edge daemon",
+    }
+    availability = {
+        "topic": f"{base}/status",
+        "value_template": "{{ 'online' if value == 'online' else 'offline' }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+    messages = []
+    for category in categories:
+        object_id = f"safeguard_{slug(device_id)}_{slug(category)}"
+        payload = {
+            "name": category.replace("_", " ").capitalize(),
+            "unique_id": object_id,
+            "object_id": object_id,
+            "state_topic": f"{base}/state/{category}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "device_class": "safety",
+            "availability": [availability],
+            "device": device,
+        }
+        topic = f"{config.discovery_prefix}/binary_sensor/{slug(device_id)}/{slug(category)}/config"
+        messages.append((topic, json.dumps(payload, separators=(",", ":"))))
+    return messages

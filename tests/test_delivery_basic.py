@@ -1,0 +1,155 @@
+"""Delivery against a real Mosquitto: ack path, status, retained state/health, discovery."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.delivery import AlertsConfig, DeliveryService, run_test_alert
+from edge.mqtt import MqttConfig
+from edge.outbox import Outbox
+from tests.delivery_helpers import Acker, make_event
+from tests.helpers import Mosquitto
+
+
+class Watcher:
+    """Records the last retained/live payload per topic under `pattern`."""
+
+    def __init__(self, port: int, pattern: str) -> None:
+        self.last: dict[str, str] = {}
+        self.count: dict[str, int] = {}
+        self.cond = threading.Condition()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{port}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(pattern, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: object, userdata: object, message: paho.MQTTMessage) -> None:
+        with self.cond:
+            self.last[message.topic] = message.payload.decode()
+            self.count[message.topic] = self.count.get(message.topic, 0) + 1
+            self.cond.notify_all()
+
+    def wait(self, topic: str, value: str | None = None, timeout: float = 10.0) -> str:
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: topic in self.last and (value is None or self.last[topic] == value),
+                timeout,
+            )
+            assert ok, f"{topic} = {self.last.get(topic)!r}, wanted {value!r}"
+            return self.last[topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def service(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[DeliveryService]:
+    outbox = Outbox(tmp_path / "outbox.db", "dev-1")
+    svc = DeliveryService(MqttConfig(port=mosquitto.port), AlertsConfig(), outbox, "dev-1")
+    yield svc
+    svc.stop(5.0)
+    outbox.close()
+
+
+def test_contract_defaults() -> None:
+    config = MqttConfig.model_validate({})
+    assert (config.host, config.port, config.prefix) == ("127.0.0.1", 1883, "safeguard")
+    assert AlertsConfig.model_validate({}).ack_timeout == 20.0
+    assert MqttConfig.model_validate({"protocol": 5}).protocol == "5"
+    with pytest.raises(ValueError, match="extra"):
+        MqttConfig.model_validate({"password": "x"})
+
+
+def test_alert_acked_end_to_end(mosquitto: Mosquitto, service: DeliveryService) -> None:
+    watcher = Watcher(mosquitto.port, "safeguard/dev-1/#")
+    acker = Acker(mosquitto.port)
+    acked: list[str] = []
+    service._on_ack = acked.append
+    service.start()
+    watcher.wait("safeguard/dev-1/status", "online")
+    service.outbox.submit(make_event(1, severity="critical"))
+    [alert_id] = [a["id"] for a in service.outbox.pending()]
+    assert acker.wait_for({alert_id}, 10) == set()
+    deadline = time.monotonic() + 10
+    while service.outbox.depth() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert service.outbox.depth() == 0
+    assert acked == [alert_id]
+    stats = service.stats()
+    assert stats["acked"] == 1
+    assert stats["connected"] is True
+    assert stats["sent"] >= 1
+    alert = json.loads(watcher.wait("safeguard/dev-1/alert"))
+    assert alert["id"] == alert_id
+    assert alert["schema"] == "safeguard.alert/1"
+    service.stop(5.0)
+    watcher.wait("safeguard/dev-1/status", "stopped")
+    acker.close()
+    watcher.close()
+
+
+def test_health_state_and_discovery(mosquitto: Mosquitto, service: DeliveryService) -> None:
+    service.publish_health({"latency_ms": 12})  # before connecting: kept and sent later
+    service.publish_state("scream", True)
+    service.start()
+    watcher = Watcher(mosquitto.port, "#")  # subscribes after: gets the retained ones
+    assert json.loads(watcher.wait("safeguard/dev-1/health")) == {"latency_ms": 12}
+    watcher.wait("safeguard/dev-1/state/scream", "ON")
+    topic = "homeassistant/binary_sensor/dev_1/scream/config"
+    config = json.loads(watcher.wait(topic))
+    assert config["state_topic"] == "safeguard/dev-1/state/scream"
+    assert config["availability"][0]["topic"] == "safeguard/dev-1/status"
+    service.publish_state("scream", False)
+    service.publish_state("drone", True)  # a new category gets announced too
+    watcher.wait("safeguard/dev-1/state/scream", "OFF")
+    watcher.wait("homeassistant/binary_sensor/dev_1/drone/config")
+    before = watcher.count[topic]
+    watcher.client.publish("homeassistant/status", "online", qos=1)  # HA restarted
+    with watcher.cond:
+        assert watcher.cond.wait_for(lambda: watcher.count[topic] > before, 10)
+    watcher.close()
+
+
+def test_last_will_offline(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", "dev-2")
+    svc = DeliveryService(
+        MqttConfig(port=mosquitto.port, keepalive=5), AlertsConfig(), outbox, "dev-2"
+    )
+    svc.start()
+    watcher = Watcher(mosquitto.port, "safeguard/dev-2/status")
+    watcher.wait("safeguard/dev-2/status", "online")
+    svc.link._client._sock.close()  # type: ignore[union-attr]  # the connection dies uncleanly
+    watcher.wait("safeguard/dev-2/status", "offline", timeout=15)
+    watcher.wait("safeguard/dev-2/status", "online", timeout=15)  # and it comes back
+    svc.stop(5)
+    watcher.close()
+
+
+def test_mqtt_311_and_test_alert(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    acker = Acker(mosquitto.port)
+    config = MqttConfig(port=mosquitto.port, protocol="3.1.1")
+    outbox = Outbox(tmp_path / "o.db", "dev-3")
+    svc = DeliveryService(config, AlertsConfig(), outbox, "dev-3")
+    svc.start()
+    outbox.submit(make_event(1))
+    ids = {a["id"] for a in outbox.pending()}
+    assert acker.wait_for(ids, 10) == set()
+    svc.stop(5)
+    [(channel, ok, detail)] = run_test_alert(config, AlertsConfig(), "dev-3")
+    assert channel == "mqtt"
+    assert ok, detail
+    acker.online = False
+    [(channel, ok, detail)] = run_test_alert(config, AlertsConfig(ack_timeout=1), "dev-3")
+    assert not ok
+    assert "no ack" in detail
+    acker.close()
