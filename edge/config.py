@@ -156,6 +156,19 @@ class Config(BaseModel):
         return self.models.dir or self.storage.dir / "models"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so keys such as `on` and `off` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -193,8 +206,8 @@ def _merge_categories(raw: dict[str, Any]) -> None:
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
-        raw = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
+        raw = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 (a SafeLoader subclass)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -1,0 +1,190 @@
+"""`safeguard analyze` and `safeguard run` as a user runs them: subprocesses, real models,
+real dev clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from edge import decode, schema
+from tests.helpers import AUDIO_DEV, ROOT, require_models, require_shared
+
+SAFEGUARD = [sys.executable, "-m", "edge.cli"]
+GUNSHOT = "clips/gunshots__AK-12__3_14_.flac"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    models = require_models()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"device: {{id: test-pi}}\nstorage: {{dir: {tmp_path / 'state'}}}\n"
+        f"models: {{dir: {models}}}\n"
+    )
+    return path
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SAFEGUARD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+    )
+
+
+def with_source(config: Path, source: Path) -> Path:
+    config.write_text(config.read_text() + f"audio: {{source: 'file:{source}'}}\n")
+    return config
+
+
+def scene(tmp_path: Path) -> Path:
+    """Quiet room noise, a real gunshot clip at 3.0 s, then quiet again: a 9 s WAV."""
+    shot = decode.read_all(require_shared(AUDIO_DEV) / GUNSHOT)
+    noise = np.random.default_rng(1).normal(0, 0.002, 16000 * 9).astype(np.float32)
+    noise[48000 : 48000 + len(shot)] += shot
+    path = tmp_path / "scene.wav"
+    soundfile.write(path, noise, 16000, subtype="PCM_16")
+    return path
+
+
+def test_analyze_json_contract(config: Path) -> None:
+    clip = str(require_shared(AUDIO_DEV) / GUNSHOT)
+    result = run_cli("analyze", "--config", str(config), "--json", clip)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines, "the gunshot clip produced no event"
+    for event in lines:
+        assert {"file", "category", "start_s", "end_s", "peak_score", "alert_at_s"} <= set(event)
+        assert event["file"] == clip  # the path as given
+        assert 0 <= event["start_s"] <= event["alert_at_s"]
+        assert event["start_s"] <= event["end_s"] <= 2.0 + 1e-6
+        assert 0 < event["peak_score"] <= 1
+    assert "gunshot" in {e["category"] for e in lines}
+
+
+def test_analyze_mp4_and_mp3_match_the_original(config: Path, tmp_path: Path) -> None:
+    wav = scene(tmp_path)
+    mp4 = tmp_path / "scene.mp4"
+    mp3 = tmp_path / "scene.mp3"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:r=5",
+            "-i",
+            str(wav),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "192k",
+            str(mp4),
+        ],
+        check=True,
+        timeout=60,
+    )
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(wav), "-b:a", "192k", str(mp3)], check=True, timeout=60
+    )
+    result = run_cli("analyze", "--config", str(config), "--json", str(wav), str(mp4), str(mp3))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    by_file = {name: [e for e in events if e["file"] == name] for name in map(str, (wav, mp4, mp3))}
+    reference = [e for e in by_file[str(wav)] if e["category"] == "gunshot"]
+    assert len(reference) == 1
+    assert 2.9 <= reference[0]["alert_at_s"] <= 4.5
+    for name in (str(mp4), str(mp3)):
+        shots = [e for e in by_file[name] if e["category"] == "gunshot"]
+        assert len(shots) == 1, f"{name}: {by_file[name]}"
+        # codecs shift and pad audio slightly; the alert lands in the same place
+        assert abs(shots[0]["alert_at_s"] - reference[0]["alert_at_s"]) <= 0.3
+
+
+def test_analyze_reports_bad_files_and_goes_on(config: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all")
+    good = str(require_shared(AUDIO_DEV) / GUNSHOT)
+    result = run_cli(
+        "analyze", "--config", str(config), "--json", str(tmp_path / "none.wav"), str(junk), good
+    )
+    assert result.returncode == 1
+    assert "none.wav: no such file" in result.stderr
+    assert "junk.wav: cannot decode audio" in result.stderr
+    assert any(json.loads(line)["file"] == good for line in result.stdout.splitlines())
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models: {{dir: {tmp_path}}}\nstorage: {{dir: {tmp_path}}}\n")
+    result = run_cli("analyze", "--config", str(config), str(tmp_path / "x.wav"))
+    assert result.returncode == 1
+    assert "model yamnet is missing" in result.stderr
+    assert "safeguard models fetch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_error_exit_code(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("audio:\n  hop: 0.5\n")
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "audio.hop: unknown key; did you mean 'hop_s'? (line 2)" in result.stderr
+
+
+def test_run_alerts_into_the_outbox_and_ends_with_the_file(config: Path, tmp_path: Path) -> None:
+    with_source(config, scene(tmp_path))
+    began = time.monotonic()
+    result = run_cli("run", "--config", str(config), timeout=60)
+    elapsed = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    assert elapsed >= 8.5, "a file source must replay at real-time speed"
+    db = sqlite3.connect(tmp_path / "state" / "outbox.db")
+    rows = [json.loads(r[0]) for r in db.execute("SELECT payload FROM outbox ORDER BY id")]
+    shots = [r for r in rows if r["category"] == "gunshot"]
+    assert [r["event"] for r in shots] == ["start", "end"]
+    for alert in shots:
+        schema.validate(alert)
+        assert alert["device_id"] == "test-pi"
+    assert shots[1]["event_id"] == shots[0]["id"]
+    assert 2.9 <= shots[0]["stream_at_s"] <= 4.5
+
+
+def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
+    stream = require_shared(AUDIO_DEV / "streams" / "stream_00.flac")
+    with_source(config, stream)
+    proc = subprocess.Popen(
+        [*SAFEGUARD, "run", "--config", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:  # wait until it is really running
+        if "safeguard running" in line:
+            break
+        assert time.monotonic() < deadline, "the daemon did not start"
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    code = proc.wait(timeout=10)
+    assert time.monotonic() - began <= 2.0
+    assert code == 0
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert "stopped in" in rest

@@ -1,0 +1,91 @@
+"""Config errors name the key path and the YAML line; defaults and merging behave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import Config, load_config, parse_config
+from edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.yaml")
+    return str(info.value)
+
+
+def test_embedded_defaults_are_valid() -> None:
+    config = load_config(None)
+    assert config.mqtt.host == "127.0.0.1"
+    assert config.mqtt.port == 1883
+    assert config.mqtt.prefix == "safeguard"
+    assert config.audio.source == "default"
+    assert config.video.source == "none"
+    assert {"scream", "gunshot", "glass_break"} <= set(config.detection.categories)
+
+
+def test_shipped_config_yaml_is_valid() -> None:
+    config = load_config(ROOT / "config.yaml")
+    assert config.device.id == "kitchen-pi"
+    assert config.storage.dir == Path("/var/lib/safeguard")
+
+
+def test_unknown_key_names_path_line_and_suggestion() -> None:
+    message = error_of("device:\n  id: pi\naudio:\n  sorce: default\n")
+    assert "audio.sorce: unknown key; did you mean 'source'?" in message
+    assert "(line 4)" in message
+
+
+def test_out_of_bounds_value_names_path_and_line() -> None:
+    message = error_of("mqtt:\n  host: x\n  port: 70000\n")
+    assert "mqtt.port:" in message
+    assert "65535" in message
+    assert "(line 3)" in message
+
+
+def test_list_items_are_addressed_by_index() -> None:
+    text = (
+        "detection:\n  categories:\n    scream:\n      classes:\n        - Screaming\n        - 5\n"
+    )
+    message = error_of(text)
+    assert "detection.categories.scream.classes[1]" in message
+    assert "(line 6)" in message
+
+
+def test_cross_field_checks() -> None:
+    text = "detection:\n  categories:\n    gunshot:\n      smoothing: {on: 0.3, off: 0.6}\n"
+    message = error_of(text)
+    assert "detection.categories.gunshot.smoothing" in message
+    assert "off (0.6) must not be above on (0.3)" in message
+
+
+def test_hop_must_be_a_multiple_of_10_ms() -> None:
+    assert "multiple of 0.01" in error_of("audio: {hop_s: 0.255}\n")
+
+
+def test_bad_source_and_bad_yaml() -> None:
+    assert "audio.source" in error_of("audio: {source: 'usb mic'}\n")
+    assert "not valid YAML" in error_of("audio: [unclosed\n")
+    assert "top level must be a mapping" in error_of("- a\n- b\n")
+
+
+def test_user_settings_merge_over_builtin_categories() -> None:
+    config = parse_config(
+        "detection:\n  categories:\n    scream:\n      smoothing: {refractory_s: 9}\n"
+        "    siren:\n      classes: [Siren]\n      severity: info\n"
+    )
+    scream = config.detection.categories["scream"]
+    builtin = Config().detection.categories["scream"]
+    assert scream.smoothing.refractory_s == 9
+    assert scream.classes == builtin.classes  # untouched fields keep the built-in values
+    assert scream.smoothing.on == builtin.smoothing.on
+    assert config.detection.categories["siren"].severity == "info"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config"):
+        load_config(tmp_path / "nope.yaml")
