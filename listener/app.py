@@ -46,7 +46,12 @@ def build_state(cfg: ListenerConfig, token: str) -> State:
             if stored is not None:
                 hub.publish("alert", stored)
 
-    ingest = Ingest(cfg, store, metrics, on_stored, on_peer_ack)
+    def on_device(device_id: str) -> None:
+        hub.publish("devices", {"device_id": device_id})
+
+    ingest = Ingest(
+        cfg, store, metrics, on_stored=on_stored, on_peer_ack=on_peer_ack, on_device=on_device
+    )
     return State(cfg, store, metrics, hub, ingest, token)
 
 

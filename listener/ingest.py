@@ -53,14 +53,17 @@ class Ingest:
         cfg: ListenerConfig,
         store: Store,
         metrics: Metrics,
+        *,
         on_stored: StoredSink | None = None,
         on_peer_ack: Callable[[str], None] | None = None,
+        on_device: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
         self.on_stored = on_stored
         self.on_peer_ack = on_peer_ack
+        self.on_device = on_device
         self.prefix = cfg.mqtt.prefix
         self._queue: queue.Queue[Pending] = queue.Queue(maxsize=4 * cfg.database.batch_size + 1000)
         self._stop = threading.Event()
@@ -194,6 +197,8 @@ class Ingest:
                 log.warning("cannot store the %s of %s: %s", kind, device[:64], exc)
                 return
             self.metrics.device_messages.labels(kind=kind, outcome="stored").inc()
+            if self.on_device is not None:
+                self.on_device(device)
 
     def _enqueue(self, item: Pending) -> None:
         while not self._stop.is_set():
