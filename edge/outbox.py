@@ -206,10 +206,19 @@ class Outbox:
         self._db.execute(f"DELETE FROM fallback WHERE alert_id IN ({marks})", ids)  # noqa: S608
         self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)  # noqa: S608
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+    def _write(self, sql: str, args: tuple[Any, ...], fsync: bool = True) -> int:
+        """One statement in its own transaction. `fsync=False` for bookkeeping whose loss
+        on power failure only causes a resend: in WAL mode the commit still survives the
+        death of the process, it only skips the fsync (about 5 ms on an SD card or more)."""
         with self._lock:
             try:
-                return self._db.execute(sql, args).rowcount
+                if fsync:
+                    return self._db.execute(sql, args).rowcount
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    return self._db.execute(sql, args).rowcount
+                finally:
+                    self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 raise DeliveryError(f"outbox write failed: {exc}") from None
 
@@ -238,12 +247,14 @@ class Outbox:
 
     def mark_sent(self, alert_id: str, at: float) -> None:
         self._write(
-            "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE id = ?", (at, alert_id)
+            "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE id = ?",
+            (at, alert_id),
+            fsync=False,
         )
 
     def forget_sent(self) -> None:
         """Make every unacked alert due again (after a reconnect)."""
-        self._write("UPDATE outbox SET last_sent = NULL WHERE acked IS NULL", ())
+        self._write("UPDATE outbox SET last_sent = NULL WHERE acked IS NULL", (), fsync=False)
 
     def ack(self, alert_id: str, at: float | None = None) -> bool:
         """Mark `alert_id` acknowledged; False if unknown or already acknowledged."""
@@ -251,6 +262,7 @@ class Outbox:
             self._write(
                 "UPDATE outbox SET acked = ? WHERE id = ? AND acked IS NULL",
                 (time.time() if at is None else at, alert_id),
+                fsync=False,
             )
             > 0
         )
