@@ -142,3 +142,25 @@ def test_test_alert_all_channels(mosquitto: Mosquitto, twilio: FakeTwilio, tmp_p
     assert missing[-1][0] == "fallback"
     assert not missing[-1][1]
     assert "SAFEGUARD_TWILIO_AUTH_TOKEN" in missing[-1][2]
+
+
+def test_broker_unreachable_sms_without_waiting(
+    mosquitto: Mosquitto, twilio: FakeTwilio, tmp_path: Path
+) -> None:
+    outbox = Outbox(tmp_path / "o.db", "dev-1")
+    env = {"SAFEGUARD_TWILIO_AUTH_TOKEN": twilio.auth_token}
+    alerts = alerts_config(twilio)  # ack_timeout 3 s
+    svc = DeliveryService(MqttConfig(port=mosquitto.port), alerts, outbox, "dev-1", environ=env)
+    svc.start()
+    try:
+        assert svc.link.wait_connected(10)
+        mosquitto.stop()
+        time.sleep(alerts.ack_timeout + 0.5)  # the broker has been unreachable that long
+        raised = time.monotonic()
+        outbox.submit(make_event(1))
+        while len(twilio.messages) < 2 and time.monotonic() < raised + alerts.ack_timeout:
+            time.sleep(0.05)
+        assert len(twilio.messages) == 2  # sent before this alert's own ack_timeout
+        assert time.monotonic() - raised < alerts.ack_timeout
+    finally:
+        svc.stop(5)
