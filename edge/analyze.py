@@ -16,7 +16,8 @@ import numpy.typing as npt
 
 from edge import decode
 from edge.detector import RATE, Detector
-from edge.frontend import PATCH_SAMPLES
+from edge.frontend import HOP, PATCH_FRAMES, PATCH_SAMPLES
+from edge.yamnet import silent_window
 
 F32 = npt.NDArray[np.float32]
 
@@ -84,9 +85,21 @@ def analyze_audio(
                     )
                 )
 
+    model = detector.model
+    # Coral's model: the log-mel frames of the whole file at once, then one slice per window
+    # (a window starts on a frame boundary, so its frames are exactly these).
+    frames = model.frontend.frames(padded) if model.frontend is not None else None
     step = max(1, len(ends) // 100)
     for i, end in enumerate(ends):
-        take(detector.process(padded[end - PATCH_SAMPLES : end], end))
+        audio_window = padded[end - PATCH_SAMPLES : end]
+        if frames is None:
+            window = model.classify(audio_window, end)
+        elif not np.any(audio_window):
+            window = silent_window(end)
+        else:
+            first = (end - PATCH_SAMPLES) // HOP
+            window = model.classify_patch(frames[first : first + PATCH_FRAMES], end)
+        take(detector.process_window(window))
         if progress is not None and i % step == 0:
             progress(i / len(ends))
     take(detector.flush(ends[-1] / RATE))

@@ -49,12 +49,12 @@ class Detector:
 
     def process(self, audio: np.ndarray, end: int) -> list[Event]:
         """Classify the window of 15600 samples ending at absolute sample `end`."""
-        window = self.model.classify(audio, end)
-        self.stats.windows += 1
-        self.stats.silent += window.silent
-        return self.process_window(window)
+        return self.process_window(self.model.classify(audio, end))
 
     def process_window(self, window: Window) -> list[Event]:
+        """Score, smooth and turn into events a window the model has classified."""
+        self.stats.windows += 1
+        self.stats.silent += window.silent
         self.last_window = window
         scores = self.scorer.score(window)
         self.last_scores = scores

@@ -61,6 +61,10 @@ def labels_from_class_map(path: Path) -> list[str]:
     return labels
 
 
+def silent_window(end: int) -> Window:
+    return Window(end, np.zeros(CLASSES, np.float32), np.zeros(1024, np.float32), silent=True)
+
+
 class Yamnet:
     """Classifies 0.975 s windows of 16 kHz float audio."""
 
@@ -71,8 +75,8 @@ class Yamnet:
         self._scores = int(self._model.outputs[0]["index"])
         self._embedding = self._model.tensor_index(EMBEDDING_TENSOR)
         self._emb_scale, self._emb_zero = self._model.quantization(self._embedding)
-        self._frontend = LogMel() if variant == "yamnet_spectra_in" else None
-        expected = (1, 96, 64) if self._frontend else (PATCH_SAMPLES,)
+        self.frontend = LogMel() if variant == "yamnet_spectra_in" else None
+        expected = (1, 96, 64) if self.frontend else (PATCH_SAMPLES,)
         shape = tuple(int(x) for x in self._model.inputs[0]["shape"])
         if shape != expected:
             raise ModelError(f"{path}: input shape {shape} is not {variant}'s {expected}")
@@ -84,11 +88,18 @@ class Yamnet:
     def classify(self, audio: F32, end: int) -> Window:
         """Scores and embedding of one window of exactly 15600 samples."""
         if not np.any(audio):  # digital silence: nothing to hear, skip the model
-            return Window(end, np.zeros(CLASSES, np.float32), np.zeros(1024, np.float32), True)
-        if self._frontend is not None:
-            self._model.invoke(self._frontend.patch(audio)[None])
-        else:
-            self._model.invoke(audio)
+            return silent_window(end)
+        if self.frontend is not None:
+            return self.classify_patch(self.frontend.patch(audio), end)
+        self._model.invoke(audio)
+        return self._read(end)
+
+    def classify_patch(self, patch: F32, end: int) -> Window:
+        """Coral's model on a ready [96, 64] log-mel patch (frames computed elsewhere)."""
+        self._model.invoke(patch[None])
+        return self._read(end)
+
+    def _read(self, end: int) -> Window:
         scores = self._model.get(self._scores).reshape(-1).astype(np.float32)
         raw = self._model.get(self._embedding).reshape(-1).astype(np.float32)
         embedding = (raw - self._emb_zero) * self._emb_scale

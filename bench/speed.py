@@ -1,0 +1,145 @@
+"""Speed, side by side in one run on one 8-minute development stream:
+
+1. the floor: bare YAMNet invokes at a 0.48 s hop, in process, nothing else;
+2. `safeguard analyze` as a whole process (start-up, decoding, detection), per model variant;
+3. the live daemon on a `file:` source (real-time replay): CPU share of one core and RSS.
+
+    python -m bench.speed [--stream PATH] [--daemon-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edge import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "var" / "models"
+STREAM = ROOT.parent / "shared" / "data" / "audio-dev" / "streams" / "stream_00.flac"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def bare_invokes(audio: np.ndarray, hop_s: float = 0.48) -> float:
+    """Seconds for bare YAMNet invokes over `audio` at `hop_s`, one thread."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=str(MODELS / "yamnet.tflite"), num_threads=1)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    hop = int(hop_s * 16000)
+    starts = range(0, len(audio) - 15600 + 1, hop)
+    began = time.perf_counter()
+    for start in starts:
+        interpreter.set_tensor(index, audio[start : start + 15600])
+        interpreter.invoke()
+    return time.perf_counter() - began
+
+
+def write_config(folder: Path, extra: str = "") -> Path:
+    path = folder / "config.yaml"
+    path.write_text(f"storage: {{dir: {folder}}}\nmodels: {{dir: {MODELS}}}\n{extra}")
+    return path
+
+
+def analyze_process(stream: Path, config: Path) -> float:
+    """Wall seconds of a whole `safeguard analyze` process, pinned to one core."""
+    command = [
+        "taskset",
+        "-c",
+        "0",
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "analyze",
+        "--json",
+        "--config",
+        str(config),
+        str(stream),
+    ]
+    began = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - began
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def daemon_load(stream: Path, folder: Path, seconds: float) -> tuple[float, float]:
+    """CPU share of one core (after start-up) and peak RSS of the live daemon."""
+    config = write_config(folder, f"audio: {{source: 'file:{stream}'}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(5)  # start-up (imports, model load) is not the steady state
+        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        share = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
+        peak = rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return share, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stream", type=Path, default=STREAM)
+    parser.add_argument("--daemon-seconds", type=float, default=60.0)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N for the timings")
+    args = parser.parse_args()
+    audio = decode.read_all(args.stream)
+    duration = len(audio) / 16000
+    floor = min(bare_invokes(audio) for _ in range(args.repeat))
+    rows = [("bare YAMNet invokes, 0.48 s hop (floor)", floor)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for variant in ("yamnet", "yamnet_spectra_in"):
+            config = (
+                write_config(folder / variant, f"audio: {{model: {variant}}}\n")
+                if (folder / variant).mkdir() is None
+                else folder
+            )
+            seconds = min(analyze_process(args.stream, config) for _ in range(args.repeat))
+            rows.append((f"`safeguard analyze`, {variant}, 0.25 s hop, whole process", seconds))
+        (folder / "daemon").mkdir()
+        share, peak = daemon_load(args.stream, folder / "daemon", args.daemon_seconds)
+    print(
+        f"stream: {args.stream.name}, {duration:.0f} s; one core (taskset -c 0); best of "
+        f"{args.repeat}\n"
+    )
+    print("| what | seconds | x real time | vs floor |")
+    print("|---|---|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.2f} | {duration / seconds:.0f}x | {floor / seconds:.2f} |")
+    print(
+        f"\nlive daemon (`safeguard run`, file source at real-time speed, default config): "
+        f"{share * 100:.1f}% of one core over {args.daemon_seconds:.0f} s, peak RSS "
+        f"{peak:.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

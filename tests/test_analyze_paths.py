@@ -1,0 +1,64 @@
+"""`analyze` and the live daemon take the same windows and reach the same events, for both
+model variants (Coral's model takes the whole file's frames at once in `analyze`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge import decode
+from edge.analyze import analyze_audio, window_ends
+from edge.config import parse_config
+from edge.detector import RATE
+from edge.frontend import PATCH_SAMPLES
+from edge.pipeline import build_detector, hop_samples
+from edge.ring import AudioRing
+from tests.helpers import AUDIO_DEV, require_models, require_shared
+
+
+@pytest.mark.parametrize("variant", ["yamnet", "yamnet_spectra_in"])
+def test_analyze_equals_the_live_path(variant: str) -> None:
+    models = require_models()
+    config = parse_config(f"models: {{dir: {models}}}\naudio: {{model: {variant}}}\n")
+    stream = require_shared(AUDIO_DEV / "streams" / "stream_00.flac")
+    audio = decode.read_all(stream)[: RATE * 60]
+    hop = hop_samples(config)
+
+    offline = analyze_audio(audio, build_detector(config), hop)
+
+    # the daemon's way: blocks into the ring, one window per hop read back from it
+    live = build_detector(config)
+    ring = AudioRing(RATE * 30)
+    ends = window_ends(len(audio), hop)
+    padded = np.zeros(ends[-1], np.float32)
+    padded[: len(audio)] = audio
+    starts, scores_live = [], []
+    for end in ends:
+        while ring.head < end:
+            ring.write(padded[ring.head : ring.head + 800])
+        events = live.process(ring.read(end - PATCH_SAMPLES, PATCH_SAMPLES), end)
+        starts += [e.at_s for e in events if e.phase == "start"]
+        scores_live.append(live.last_scores)
+    assert [r.alert_at_s for r in offline] == pytest.approx(starts)
+    assert len(scores_live) == len(ends)
+
+
+def test_whole_file_frames_give_the_same_scores_as_per_window_frames() -> None:
+    models = require_models()
+    config = parse_config(f"models: {{dir: {models}}}\naudio: {{model: yamnet_spectra_in}}\n")
+    model = build_detector(config).model
+    assert model.frontend is not None
+    audio = decode.read_all(require_shared(AUDIO_DEV / "streams" / "stream_01.flac"))[: RATE * 30]
+    frames = model.frontend.frames(audio)
+    hop = hop_samples(config)
+    compared = 0
+    for end in range(PATCH_SAMPLES, len(audio) + 1, hop * 7):
+        start = end - PATCH_SAMPLES
+        per_window = model.classify(audio[start:end], end)
+        if per_window.silent:  # digital silence never reaches the model on either path
+            continue
+        sliced = model.classify_patch(frames[start // 160 : start // 160 + 96], end)
+        np.testing.assert_allclose(sliced.scores, per_window.scores, atol=1 / 256 + 1e-6)
+        np.testing.assert_allclose(sliced.embedding, per_window.embedding, atol=0.03)
+        compared += 1
+    assert compared >= 15
