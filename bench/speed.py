@@ -117,11 +117,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for variant in ("yamnet", "yamnet_spectra_in"):
-            config = (
-                write_config(folder / variant, f"audio: {{model: {variant}}}\n")
-                if (folder / variant).mkdir() is None
-                else folder
-            )
+            (folder / variant).mkdir()
+            config = write_config(folder / variant, f"audio: {{model: {variant}}}\n")
             seconds = min(analyze_process(args.stream, config) for _ in range(args.repeat))
             rows.append((f"`safeguard analyze`, {variant}, 0.25 s hop, whole process", seconds))
         (folder / "daemon").mkdir()
