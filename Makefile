@@ -12,7 +12,7 @@ CONFIG ?= config.dev.yaml
 $(BIN)/safeguard: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[device,converter,bench,listener,listener-test,dev]'
+	$(BIN)/pip install --quiet -e '.[device,converter,bench,mqtt,sms,listener,listener-test,dev]'
 	touch $@
 
 setup: $(BIN)/safeguard
