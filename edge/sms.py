@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
@@ -29,6 +29,7 @@ from edge.secrets import read_secret, require_secret
 log = logging.getLogger(__name__)
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
+Phone = Annotated[str, Field(pattern=E164, description="E.164 number, e.g. +14155550100")]
 _FORBID = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -50,12 +51,14 @@ class TwilioConfig(BaseModel):
 
 class SmsConfig(TwilioConfig):
     enabled: bool = Field(False, description="Send SMS when an alert is not acknowledged in time.")
-    to: list[str] = Field(
+    to: list[Phone] = Field(
         default_factory=list,
         max_length=20,
         description="Contacts, E.164 (e.g. +14155550100); one SMS per alert and contact.",
     )
-    from_: str = Field("", alias="from", description="Twilio sender number (E.164).")
+    from_: str = Field(
+        "", alias="from", pattern=r"^$|" + E164, description="Twilio sender number (E.164)."
+    )
     rate_per_hour: int = Field(20, ge=1, le=1000, description="At most this many SMS per hour.")
     map_url: str = Field(
         "https://maps.google.com/?q={lat},{lon}",
@@ -66,8 +69,10 @@ class SmsConfig(TwilioConfig):
 
 class VoiceConfig(TwilioConfig):
     enabled: bool = Field(False, description="Call trusted contacts for critical alerts.")
-    to: list[str] = Field(default_factory=list, max_length=5, description="Contacts, E.164.")
-    from_: str = Field("", alias="from", description="Twilio caller number (E.164).")
+    to: list[Phone] = Field(default_factory=list, max_length=5, description="Contacts, E.164.")
+    from_: str = Field(
+        "", alias="from", pattern=r"^$|" + E164, description="Twilio caller number (E.164)."
+    )
     rate_per_hour: int = Field(6, ge=1, le=100, description="At most this many calls per hour.")
 
 

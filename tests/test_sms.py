@@ -190,3 +190,5 @@ def test_config_rejects_unknown_and_bad_numbers() -> None:
     with pytest.raises(ValueError, match="extra"):
         SmsConfig.model_validate({"token": "x"})
     assert SmsConfig.model_validate({"from_": "+15550000000"}).from_ == "+15550000000"
+    with pytest.raises(ValueError, match=r"to\.0"):
+        SmsConfig.model_validate({"to": ["0155 5000"]})
