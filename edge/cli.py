@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,22 +32,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(_config(args)).run()
 
 
-def _reach_broker(config: Config) -> str:
-    host, port = config.mqtt.host, config.mqtt.port
+def _reach_broker(config: Config, timeout: float = 10.0) -> str:
+    """Connect once as a side client (own client id, no session, no status messages)."""
+    import os
+
+    from edge.mqtt import MqttLink
+
+    side = config.mqtt.model_copy(
+        update={"client_id": f"safeguard-check-{os.getpid()}", "session_expiry": 0}
+    )
+    link = MqttLink(
+        side,
+        config.device.id,
+        on_message=lambda _t, _p: None,
+        on_connected=lambda: None,
+        subscriptions=[],
+        status=False,
+    )
+    where = f"{side.host}:{side.port}"
+    link.start()
     try:
-        with socket.create_connection((host, port), timeout=5) as sock:
-            # MQTT 3.1.1 CONNECT, clean session, keepalive 10 s, a throwaway client id.
-            client = f"safeguard-check-{int(time.time())}".encode()
-            body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client).to_bytes(2, "big") + client
-            sock.sendall(bytes([0x10, len(body)]) + body)
-            reply = sock.recv(4)
-    except OSError as exc:
-        raise SafeguardError(f"cannot reach the MQTT broker at {host}:{port}: {exc}") from None
-    if len(reply) < 4 or reply[0] != 0x20:
-        raise SafeguardError(f"{host}:{port} did not answer as an MQTT broker")
-    if reply[3] != 0:
-        raise SafeguardError(f"the MQTT broker at {host}:{port} refused us (code {reply[3]})")
-    return f"{host}:{port}"
+        if not link.wait_connected(timeout):
+            raise SafeguardError(f"cannot reach the MQTT broker at {where} within {timeout:.0f} s")
+    finally:
+        link.stop(2.0)
+    return where
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -111,6 +118,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return listen(_config(args), args.seconds, args.top)
 
 
+def cmd_test_alert(args: argparse.Namespace) -> int:
+    from edge.delivery import run_test_alert
+
+    config = _config(args)
+    location = config.device.location.model_dump() if config.device.location else None
+    results = run_test_alert(config.mqtt, config.alerts, config.device.id, location)
+    for channel, ok, detail in results:
+        print(f"{channel}: {'ok' if ok else 'FAILED'} ({detail})")
+    return 0 if results and all(ok for _, ok, _ in results) else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edge.models import fetch, load_manifest, verify
 
@@ -153,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--seconds", type=float, default=0, help="stop after this long (0: ^C)")
     listen.add_argument("--top", type=int, default=5, help="how many classes to show")
     listen.set_defaults(func=cmd_listen)
+    sub.add_parser(
+        "test-alert", parents=[common], help="send a test alert through every configured channel"
+    ).set_defaults(func=cmd_test_alert)
     models = sub.add_parser("models", parents=[common], help="fetch or verify model files")
     models.add_argument("action", choices=["fetch", "verify"])
     models.add_argument(

@@ -13,7 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.categories import DEFAULT_CATEGORIES, CategoryConfig
+from edge.delivery import AlertsConfig
 from edge.errors import ConfigError
+from edge.mqtt import MqttConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,13 +107,6 @@ class DetectionConfig(BaseModel):
     )
 
 
-class MqttConfig(BaseModel):
-    model_config = _FORBID
-    host: str = Field("127.0.0.1", min_length=1, description="MQTT broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
-    prefix: str = Field("safeguard", pattern=r"^[A-Za-z0-9_/-]{1,64}$", description="Topic prefix.")
-
-
 class StorageConfig(BaseModel):
     model_config = _FORBID
     dir: Path = Field(
@@ -146,7 +141,13 @@ class Config(BaseModel):
     detection: DetectionConfig = Field(
         default_factory=DetectionConfig, description="Threat categories."
     )
-    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The MQTT broker.")
+    mqtt: MqttConfig = Field(
+        default_factory=lambda: MqttConfig.model_validate({}), description="The MQTT broker."
+    )
+    alerts: AlertsConfig = Field(
+        default_factory=lambda: AlertsConfig.model_validate({}),
+        description="Delivery: acknowledgements, fallback channels (SMS, e-mail, voice), outbox.",
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local state.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model files.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")

@@ -11,12 +11,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import numpy as np
 
 from edge.capture import AudioSource, FileSource, open_source
 from edge.config import Config
+from edge.delivery import DeliveryService
 from edge.detector import RATE, Detector
 from edge.events import Event, EventSink
 from edge.frontend import PATCH_SAMPLES
@@ -25,16 +27,28 @@ from edge.pipeline import build_detector, hop_samples
 from edge.ring import AudioRing, Overrun
 
 log = logging.getLogger(__name__)
+DRAIN_S = 10.0  # after a file source ends: how long to wait for outstanding acks
 
 
 class InferenceWorker:
-    """Reads windows from the ring every hop, runs the detector, hands events to the sink."""
+    """Reads windows from the ring every hop, runs the detector, hands events to the sink.
 
-    def __init__(self, ring: AudioRing, detector: Detector, hop: int, sink: EventSink) -> None:
+    `on_event` (optional) hears of every event after it is stored, e.g. to publish state.
+    """
+
+    def __init__(
+        self,
+        ring: AudioRing,
+        detector: Detector,
+        hop: int,
+        sink: EventSink,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
         self.ring = ring
         self.detector = detector
         self.hop = hop
         self.sink = sink
+        self.on_event = on_event
         self.next_end = PATCH_SAMPLES
         self.last_progress = time.monotonic()
         self.events = 0
@@ -57,6 +71,8 @@ class InferenceWorker:
             except Exception:  # the sink logs what failed; the pipeline must go on
                 self.errors += 1
                 log.exception("could not store a %s %s event", event.category, event.phase)
+            if self.on_event is not None:
+                self.on_event(event)
 
     def _run(self) -> None:
         stats = self.detector.stats
@@ -94,7 +110,14 @@ class Daemon:
         self.outbox = Outbox(config.storage.dir / "outbox.db", config.device.id, location)
         audio = config.audio
         self.source: AudioSource | None = open_source(audio, self.ring)
-        self.worker = InferenceWorker(self.ring, self.detector, hop_samples(config), self.outbox)
+        self.delivery = DeliveryService(config.mqtt, config.alerts, self.outbox, config.device.id)
+        self.worker = InferenceWorker(
+            self.ring, self.detector, hop_samples(config), self.outbox, self._on_event
+        )
+
+    def _on_event(self, event: Event) -> None:
+        if event.phase != "update":
+            self.delivery.publish_state(event.category, event.phase == "start")
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -116,6 +139,7 @@ class Daemon:
             "infer_p95_ms": round(float(np.percentile(times, 95)), 2),
             "events": self.worker.events,
             "outbox_depth": self.outbox.depth(),
+            "delivery": self.delivery.stats(),
         }
 
     def _source_done(self) -> bool:
@@ -126,6 +150,9 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        for category in self.detector.categories:
+            self.delivery.publish_state(category, on=False)
+        self.delivery.start()
         if self.source is not None:
             self.source.start()
         self.worker.start()
@@ -140,18 +167,24 @@ class Daemon:
         next_health = time.monotonic() + every
         while not self.stop_event.wait(0.2):
             if self._source_done():
-                log.info("audio file ended: stopping")
-                break
+                log.info("audio file ended: stopping once its alerts are delivered")
+                return self.shutdown(drain_s=DRAIN_S)
             if time.monotonic() >= next_health:
                 next_health += every
-                log.info("health %s", " ".join(f"{k}={v}" for k, v in self.health().items()))
+                health = self.health()
+                self.delivery.publish_health(health)
+                log.info("health %s", " ".join(f"{k}={v}" for k, v in health.items()))
         return self.shutdown()
 
-    def shutdown(self) -> int:
+    def shutdown(self, drain_s: float = 0.0) -> int:
+        """Stop everything; with `drain_s`, first wait that long at most for pending acks."""
         began = time.monotonic()
         if self.source is not None:
             self.source.stop(timeout=1.0)
-        self.worker.stop(timeout=1.0)
+        self.worker.stop(timeout=1.0)  # ends active events into the outbox
+        while self.outbox.depth() and time.monotonic() - began < drain_s:
+            time.sleep(0.05)
+        self.delivery.stop(timeout=1.0)
         self.outbox.close()
         log.info("stopped in %.2f s", time.monotonic() - began)
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -70,7 +71,9 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.workdir}/\nlog_dest file {self.workdir}/mosquitto.log\n"
+            # as root, Mosquitto would switch to its own user, which cannot write here
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + f"persistence_location {self.workdir}/\nlog_dest file {self.workdir}/mosquitto.log\n"
             + self.extra_config
         )
         self.process = subprocess.Popen([exe, "-c", str(conf)])
