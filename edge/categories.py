@@ -1,0 +1,201 @@
+"""Threat categories: YAMNet class groups, veto classes and optional trained heads.
+
+A category's rule score is the highest score among its YAMNet classes in a window; a veto
+class (a context that produces look-alikes: fireworks for gunshots, dishes for glass, music
+for screams) that scores at least `veto_ratio` times as high silences the window. A trained
+head (`edge.heads`) scores the window's 1024-d embedding; `combine` says how the rule and the
+head make the category's score. The score goes to the category's `Smoother`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge.errors import ConfigError
+from edge.heads import HEADS_DIR, Head, load_head
+from edge.smoothing import SmoothingConfig
+from edge.yamnet import Window
+
+Severity = Literal["info", "warning", "critical"]
+Combine = Literal["rule", "head", "max", "mean"]
+
+
+class CategoryConfig(BaseModel):
+    """One kind of threat: which YAMNet classes make it, what suppresses it, how it smooths."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Detect this category at all.")
+    severity: Severity = Field(default="warning", description="Severity of this category's alerts.")
+    classes: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="YAMNet class display names forming the group (as `safeguard listen` shows "
+        "them); the rule score is the highest of their scores.",
+    )
+    veto: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Context classes that produce look-alikes; a window where one of them scores "
+        "at least `veto_ratio` times the rule score counts as 0.",
+    )
+    veto_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="How strong a veto class must be, relative to the rule.",
+    )
+    head: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A trained head file (.npz), relative to models_tflite/heads/ unless absolute.",
+    )
+    combine: Combine = Field(
+        default="rule",
+        description="How the score is made: `rule` (class group only), `head` (the trained head "
+        "only), `max` or `mean` of the two; the veto applies to all of them.",
+    )
+    smoothing: SmoothingConfig = Field(
+        default_factory=lambda: SmoothingConfig.model_validate({}),
+        description="How window scores become events.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CategoryConfig:
+        if self.combine != "rule" and self.head is None:
+            raise ValueError(f"combine: {self.combine!r} needs a `head` file")
+        if self.combine != "head" and not self.classes:
+            raise ValueError(f"combine: {self.combine!r} needs at least one class in `classes`")
+        return self
+
+
+def _smoothing(**fields: float | None) -> SmoothingConfig:
+    return SmoothingConfig.model_validate(fields)
+
+
+DEFAULT_CATEGORIES: dict[str, CategoryConfig] = {
+    "scream": CategoryConfig(
+        severity="critical",
+        classes=["Screaming", "Yell", "Shout", "Children shouting"],
+        veto=["Music", "Television", "Radio", "Vocal music", "Baby cry, infant cry"],
+        veto_ratio=2.0,
+        smoothing=_smoothing(on=0.5, off=0.3, fast=0.9),
+    ),
+    "gunshot": CategoryConfig(
+        severity="critical",
+        classes=["Gunshot, gunfire", "Machine gun", "Cap gun", "Artillery fire"],
+        veto=["Fireworks", "Firecracker"],
+        veto_ratio=2.0,
+        smoothing=_smoothing(on=0.5, off=0.3, fast=0.7),
+    ),
+    "glass_break": CategoryConfig(
+        severity="warning",
+        classes=["Shatter", "Glass", "Breaking", "Smash, crash"],
+        veto=["Dishes, pots, and pans", "Cutlery, silverware", "Door", "Slam"],
+        veto_ratio=2.0,
+        smoothing=_smoothing(on=0.5, off=0.3, fast=0.8),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    name: str
+    classes: npt.NDArray[np.intp]
+    veto: npt.NDArray[np.intp]
+    veto_ratio: float
+    head: Head | None
+    combine: Combine
+
+
+def _class_indices(
+    names: Sequence[str], index: Mapping[str, int], path: str
+) -> npt.NDArray[np.intp]:
+    found = []
+    for i, name in enumerate(names):
+        if name not in index:
+            close = difflib.get_close_matches(name, list(index), n=1, cutoff=0.6)
+            if not close:
+                folded = {k.casefold(): k for k in index}
+                close = [folded[name.casefold()]] if name.casefold() in folded else []
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{path}[{i}]: {name!r} is not a YAMNet class{hint}")
+        found.append(index[name])
+    return np.array(found, dtype=np.intp)
+
+
+class CategoryScorer:
+    """Scores every enabled category on one window; built once, then cheap per window."""
+
+    def __init__(
+        self,
+        categories: Mapping[str, CategoryConfig],
+        labels: Sequence[str],
+        heads_dir: Path = HEADS_DIR,
+        path: str = "detection.categories",
+    ) -> None:
+        self.labels = list(labels)
+        index = {name: i for i, name in enumerate(self.labels)}
+        self._compiled: list[_Compiled] = []
+        for name, cfg in categories.items():
+            if not cfg.enabled:
+                continue
+            key = f"{path}.{name}"
+            head = None
+            if cfg.head is not None and cfg.combine != "rule":
+                head = load_head(heads_dir / cfg.head, len(self.labels), f"{key}.head")
+            self._compiled.append(
+                _Compiled(
+                    name,
+                    _class_indices(cfg.classes, index, f"{key}.classes"),
+                    _class_indices(cfg.veto, index, f"{key}.veto"),
+                    cfg.veto_ratio,
+                    head,
+                    cfg.combine,
+                )
+            )
+
+    @property
+    def categories(self) -> list[str]:
+        return [c.name for c in self._compiled]
+
+    def score(self, window: Window) -> dict[str, float]:
+        """0..1 per enabled category; silent windows score 0."""
+        if window.silent:
+            return {c.name: 0.0 for c in self._compiled}
+        return {c.name: self._score(c, window) for c in self._compiled}
+
+    @staticmethod
+    def _score(c: _Compiled, window: Window) -> float:
+        scores = window.scores
+        rule = float(scores[c.classes].max()) if c.classes.size else 0.0
+        if c.head is None or c.combine == "rule":
+            value = rule
+        else:
+            learned = c.head.apply(window.embedding, scores)
+            if c.combine == "head":
+                value = learned
+            elif c.combine == "max":
+                value = max(rule, learned)
+            else:
+                value = 0.5 * (rule + learned)
+        if c.veto.size and float(scores[c.veto].max()) >= c.veto_ratio * max(value, 1e-6):
+            return 0.0
+        return min(1.0, max(0.0, value))
+
+    def evidence(self, window: Window, top: int = 3) -> dict[str, float]:
+        """The `top` YAMNet classes of the window with their scores, highest first."""
+        if top <= 0:
+            return {}
+        best = np.argpartition(window.scores, -top)[-top:]
+        best = best[np.argsort(window.scores[best])[::-1]]
+        return {self.labels[i]: round(float(window.scores[i]), 4) for i in best}
