@@ -127,7 +127,12 @@ def metrics(state: StateDep) -> Response:
     return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
 
-@router.get("/api/alerts", response_model=list[AlertOut], tags=["alerts"])
+@router.get(
+    "/api/alerts",
+    response_model=list[AlertOut],
+    responses={400: {"description": "since without a time zone"}},
+    tags=["alerts"],
+)
 def list_alerts(
     state: StateDep,
     *,
@@ -141,7 +146,7 @@ def list_alerts(
 ) -> list[dict[str, Any]]:
     """Alerts, newest first."""
     if since is not None and since.tzinfo is None:
-        raise HTTPException(422, "since needs a time zone (e.g. Z)")
+        raise HTTPException(400, "since needs a time zone (e.g. Z)")
     where = AlertFilter(device, category, severity, status, since)
     return state.store.list_alerts(where, limit, offset)
 
@@ -195,7 +200,12 @@ _CLIP_BODY = {
     status_code=204,
     response_class=Response,
     openapi_extra=_CLIP_BODY,
-    responses={**_404, 413: {"description": "Too large"}, 415: {"description": "Bad type"}},
+    responses={
+        **_404,
+        400: {"description": "Empty"},
+        413: {"description": "Too large"},
+        415: {"description": "Bad type"},
+    },
     tags=["clips"],
 )
 async def upload_clip(state: StateDep, alert_id: AlertId, request: Request) -> Response:
@@ -213,7 +223,7 @@ async def upload_clip(state: StateDep, alert_id: AlertId, request: Request) -> R
         if len(data) > limit:
             raise HTTPException(413, f"clip larger than {limit} bytes")
     if not data:
-        raise HTTPException(422, "empty clip")
+        raise HTTPException(400, "empty clip")
     if not state.store.put_clip(alert_id, content_type, bytes(data)):
         raise HTTPException(404, "no such alert")
     alert = state.store.get_alert(alert_id)
