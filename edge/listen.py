@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from types import FrameType
@@ -39,6 +40,7 @@ def listen(config: Config, seconds: float, top: int) -> int:
     while not stop.is_set() and time.monotonic() < deadline:
         if source.stats.error != shown_error:
             shown_error = source.stats.error
+            print(f"[{source.stats.state}] {shown_error}", file=sys.stderr, flush=True)
         if ring.head < next_end:
             stop.wait(0.02)
             continue
@@ -51,9 +53,10 @@ def listen(config: Config, seconds: float, top: int) -> int:
         result = detector.last_window
         assert result is not None
         best = result.scores.argsort()[::-1][:top]
-        "  ".join(f"{labels[i]} {result.scores[i]:.2f}" for i in best)
-        "  ".join(f"{n}={s:.2f}" for n, s in detector.last_scores.items())
-        20 * math.log10(max(float(abs(window).max()), 1e-6))
+        classes = "  ".join(f"{labels[i]} {result.scores[i]:.2f}" for i in best)
+        categories = "  ".join(f"{n}={s:.2f}" for n, s in detector.last_scores.items())
+        level = 20 * math.log10(max(float(abs(window).max()), 1e-6))
+        print(f"{next_end / RATE:8.2f}s {level:6.1f} dBFS | {categories} | {classes}", flush=True)
         next_end += hop
     source.stop()
     return 0
