@@ -188,3 +188,14 @@ def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
     rest = proc.stderr.read()
     proc.stderr.close()
     assert "stopped in" in rest
+
+
+def test_listen_prints_what_it_hears(config: Path, tmp_path: Path) -> None:
+    with_source(config, scene(tmp_path))
+    result = run_cli("listen", "--config", str(config), "--seconds", "5", "--top", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) >= 8  # a line per 0.25 s hop once the first window is in
+    assert all("dBFS" in line and "gunshot=" in line and "scream=" in line for line in lines)
+    shot = [line for line in lines if "Gunshot, gunfire" in line]
+    assert shot, "the gunshot at 3 s was not among the top classes"
