@@ -14,10 +14,10 @@ from pathlib import Path
 import yaml
 
 from edge.errors import ModelError
+from models_tflite import MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path(__file__).resolve().parent.parent / "models_tflite" / "manifest.yaml"
 CHUNK = 1 << 20
 
 
