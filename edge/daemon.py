@@ -153,6 +153,7 @@ class Daemon:
         for category in self.detector.categories:
             self.delivery.publish_state(category, on=False)
         self.delivery.start()
+        self.detector.origin_wall = time.time()  # stream time 0 is when capture starts
         if self.source is not None:
             self.source.start()
         self.worker.start()
