@@ -1,10 +1,10 @@
 """Threat categories: YAMNet class groups, veto classes and optional trained heads.
 
-A category's rule score is the highest score among its YAMNet classes in a window; a veto
-class (a context that produces look-alikes: fireworks for gunshots, dishes for glass, music
-for screams) that scores at least `veto_ratio` times as high silences the window. A trained
+A category's rule score is the highest score among its YAMNet classes in a window. A trained
 head (`edge.heads`) scores the window's 1024-d embedding; `combine` says how the rule and the
-head make the category's score. The score goes to the category's `Smoother`.
+head make the category's score. A veto class (a context that produces look-alikes: fireworks
+for gunshots, dishes for glass, music for screams) scoring at least `veto_ratio` times that
+score silences the window. The score goes to the category's `Smoother`.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ class CategoryConfig(BaseModel):
         default_factory=list,
         max_length=64,
         description="Context classes that produce look-alikes; a window where one of them scores "
-        "at least `veto_ratio` times the rule score counts as 0.",
+        "at least `veto_ratio` times the category's score counts as 0.",
     )
     veto_ratio: float = Field(
         default=1.0,
         gt=0,
         le=100,
-        description="How strong a veto class must be, relative to the rule.",
+        description="How strong a veto class must be, relative to the category's score.",
     )
     head: str | None = Field(
         default=None,
@@ -79,30 +79,39 @@ class CategoryConfig(BaseModel):
 
 
 def _smoothing(**fields: float | None) -> SmoothingConfig:
-    return SmoothingConfig.model_validate(fields)
+    return SmoothingConfig.model_validate({"hold_s": 1.0, "refractory_s": 5.0, **fields})
 
 
+# Defaults measured on the dev data (bench/RESULTS.md, `## Audio quality`): the thresholds
+# are the cross-validated operating points that flag at most 0.5% of the `none` clips, for
+# the waveform `yamnet` model at a 0.25 s hop; vetoes were kept where they helped there.
 DEFAULT_CATEGORIES: dict[str, CategoryConfig] = {
     "scream": CategoryConfig(
         severity="critical",
         classes=["Screaming", "Yell", "Shout", "Children shouting"],
         veto=["Music", "Television", "Radio", "Vocal music", "Baby cry, infant cry"],
-        veto_ratio=2.0,
-        smoothing=_smoothing(on=0.5, off=0.3, fast=0.9),
+        veto_ratio=0.7,
+        head="scream.npz",
+        combine="mean",
+        smoothing=_smoothing(on=0.52, off=0.4, fast=0.85, k=2, n=3),
     ),
     "gunshot": CategoryConfig(
         severity="critical",
         classes=["Gunshot, gunfire", "Machine gun", "Cap gun", "Artillery fire"],
         veto=["Fireworks", "Firecracker"],
-        veto_ratio=2.0,
-        smoothing=_smoothing(on=0.5, off=0.3, fast=0.7),
+        veto_ratio=1.5,
+        head="gunshot.npz",
+        combine="mean",
+        smoothing=_smoothing(on=0.53, off=0.4, fast=0.8, k=2, n=3),
     ),
     "glass_break": CategoryConfig(
         severity="warning",
         classes=["Shatter", "Glass", "Breaking", "Smash, crash"],
         veto=["Dishes, pots, and pans", "Cutlery, silverware", "Door", "Slam"],
-        veto_ratio=2.0,
-        smoothing=_smoothing(on=0.5, off=0.3, fast=0.8),
+        veto_ratio=1.0,
+        head="glass_break.npz",
+        combine="head",
+        smoothing=_smoothing(on=0.96, off=0.8, fast=0.995, k=2, n=3),
     ),
 }
 

@@ -103,7 +103,7 @@ def save_head(path: Path, head: Head) -> None:
             scale=np.ones(head.inputs, np.float32),
             score_classes=head.score_classes.astype(np.int32),
             calibration=np.array(head.calibration, np.float32),
-            threshold=np.float32(head.threshold),
+            threshold=np.float64(head.threshold),
             metadata=np.array(json.dumps(head.metadata, sort_keys=True)),
         )
 

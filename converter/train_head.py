@@ -1,0 +1,437 @@
+"""Trains a linear head for one category on YAMNet embeddings of labelled clips.
+
+Embeddings come from the device's own model (`edge.yamnet`, the same variant the daemon
+runs). Every clip is cut into windows at `hop_s`, with `PAD_S` of silence on both sides so
+a short sound is also seen off-centre, as in a live stream. A positive clip contributes its
+windows within 10 dB of its loudest one (the sound, not the pauses around it); every other
+clip contributes all its non-silent windows as negatives.
+
+Evaluation is grouped cross-validation: clips cut from one recording share a group
+(`recording_group`), and a group never straddles folds, so the scores are those of
+recordings the head has not heard. A clip's score is its highest window score. The
+operating threshold is chosen on the out-of-fold clip scores so that at most `target_fp`
+of the negative clips would be flagged: the head's output is the class-balanced logistic
+probability, and its calibrated operating point is that threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.heads import Head
+
+__all__ = ["ClipWindows", "Example", "Head", "TrainError", "train_head"]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+SAMPLE_RATE = 16000
+PAD_S = 0.5
+POSITIVE_DB = 10.0
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class TrainError(Exception):
+    """The training data or options cannot make a head; the message says why."""
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    category: str
+    group: str
+
+
+@dataclass
+class ClipWindows:
+    """One clip's windows: scores [w, 521], embeddings [w, 1024], loudness [w] in dB."""
+
+    scores: F32
+    embeddings: F32
+    level_db: F32
+    source: int = -1  # for an augmented copy, the index of the clip it was made from
+
+
+def recording_group(file: str) -> str:
+    """A name shared by clips cut from one recording (chunk numbers and take indices removed).
+
+    `x_chunk3.wav` -> `x`, `2-103426-A-3` (ESC-50: fold-source-take-class) -> `103426`,
+    `AK-12__3_18_` -> `AK-12__3`, `maleScream-038` -> `maleScream`: the trailing take number
+    goes, so numbered takes of one session share a group. Conservative on purpose: wrongly merged
+    groups only make the cross-validation harder, wrongly split ones make it lie.
+    """
+    stem = Path(file).name
+    stem = re.sub(r"\.(wav|flac|ogg|mp3)$", "", stem, flags=re.IGNORECASE)
+    esc = re.search(r"(?:^|__)\d+-(\d+)-[A-Z]-\d+$", stem)
+    if esc:
+        return f"esc50:{esc.group(1)}"
+    cbor = re.search(r"cbor\.([0-9a-z]+)\.", stem)
+    if cbor:
+        return f"rec:{cbor.group(1)}"
+    stem = re.sub(r"_chunk\d+.*$", "", stem)
+    return re.sub(r"[\s_\-(]*\d+[\s_)]*$", "", stem) or stem
+
+
+def find_examples(data: Path) -> list[Example]:
+    """Examples from a labels CSV (columns `file`, `category`, optional `group`), a folder
+    holding `labels.csv`, or a folder with one subfolder of audio files per category."""
+    if not data.exists():
+        raise TrainError(f"{data} does not exist")
+    csv_path = data / "labels.csv" if data.is_dir() else data
+    if csv_path.is_file():
+        return _from_csv(csv_path)
+    examples = [
+        Example(p, sub.name, f"{sub.name}/{recording_group(p.name)}")
+        for sub in sorted(d for d in data.iterdir() if d.is_dir())
+        for p in sorted(sub.rglob("*"))
+        if p.suffix.lower() in AUDIO_SUFFIXES
+    ]
+    if not examples:
+        raise TrainError(
+            f"{data} holds no labels.csv and no audio files in per-category subfolders "
+            f"({', '.join(AUDIO_SUFFIXES)})"
+        )
+    return examples
+
+
+def _from_csv(path: Path) -> list[Example]:
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TrainError(f"cannot read {path}: {exc}") from None
+    if not rows or not {"file", "category"} <= set(rows[0]):
+        raise TrainError(f"{path} needs the columns `file` and `category` and at least one row")
+    out = []
+    for row in rows:
+        clip = path.parent / row["file"]
+        group = row.get("group") or recording_group(row["file"])
+        out.append(Example(clip, row["category"], f"{Path(row['file']).parent}/{group}"))
+    return out
+
+
+def window_levels(audio: F32, hop: int, pad: int, count: int, size: int = 15600) -> F32:
+    """Loudness (dB RMS) of `count` windows of `size` every `hop` over the padded audio."""
+    padded = np.concatenate([np.zeros(pad, np.float32), audio, np.zeros(pad, np.float32)])
+    padded = np.concatenate([padded, np.zeros(max(0, size - len(padded)), np.float32)])
+    energy = np.concatenate([[0.0], np.cumsum(padded.astype(np.float64) ** 2)])
+    starts = np.arange(count) * hop
+    mean = (energy[starts + size] - energy[starts]) / size
+    levels: F32 = (10 * np.log10(mean + 1e-12)).astype(np.float32)
+    return levels
+
+
+def read_clip(path: Path) -> F32:
+    """A clip as 16 kHz mono float32."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as exc:
+        raise TrainError(f"cannot read {path}: {exc}") from None
+    audio: F32 = data.mean(axis=1).astype(np.float32)
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+def mix(signal: F32, noise: F32, snr_db: float, rng: np.random.Generator) -> F32:
+    """`signal` with a random stretch of `noise` (looped if short) at `snr_db` (RMS ratio)."""
+    reps = int(np.ceil((len(signal) + 1) / max(len(noise), 1)))
+    looped = np.tile(noise, reps + 1)
+    offset = int(rng.integers(0, max(1, len(looped) - len(signal))))
+    part = looped[offset : offset + len(signal)]
+    power_s = float(np.mean(signal.astype(np.float64) ** 2))
+    power_n = float(np.mean(part.astype(np.float64) ** 2))
+    if power_s <= 0 or power_n <= 0:
+        return signal
+    gain = np.sqrt(power_s / (power_n * 10 ** (snr_db / 10)))
+    mixed = signal + gain * part
+    peak = float(np.abs(mixed).max())
+    out: F32 = (mixed / peak if peak > 1 else mixed).astype(np.float32)
+    return out
+
+
+def _load_model(model_dir: Path, variant: str) -> Any:
+    from edge.yamnet import Yamnet, labels_from_class_map, labels_from_model
+
+    if variant == "yamnet":
+        path = model_dir / "yamnet.tflite"
+        return Yamnet(path, "yamnet", labels_from_model(path))
+    labels = labels_from_class_map(model_dir / "yamnet_class_map.csv")
+    return Yamnet(model_dir / "yamnet_spectra_in.tflite", "yamnet_spectra_in", labels)
+
+
+def clip_windows(model: Any, audio: F32, hop_s: float, source: int = -1) -> ClipWindows:
+    """Every window of `audio` padded with `PAD_S` of silence on both sides."""
+    hop, pad = round(hop_s * SAMPLE_RATE), round(PAD_S * SAMPLE_RATE)
+    padded = np.concatenate([np.zeros(pad, np.float32), audio, np.zeros(pad, np.float32)])
+    padded = np.concatenate([padded, np.zeros(max(0, 15600 - len(padded)), np.float32)])
+    windows = [
+        model.classify(padded[s : s + 15600], s + 15600)
+        for s in range(0, len(padded) - 15600 + 1, hop)
+    ]
+    return ClipWindows(
+        np.stack([w.scores for w in windows]),
+        np.stack([w.embedding for w in windows]),
+        window_levels(audio, hop, pad, len(windows)),
+        source,
+    )
+
+
+def extract(
+    examples: Sequence[Example],
+    model_dir: Path,
+    variant: str = "yamnet",
+    hop_s: float = 0.25,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    augment: int = 0,
+    augment_categories: Collection[str] = (),
+    snr_db: tuple[float, float] = (0.0, 20.0),
+    seed: int = 0,
+) -> list[ClipWindows]:
+    """Windows of every example through the device's own YAMNet (one invoke per window).
+
+    With `augment` > 0, each clip of `augment_categories` is also mixed `augment` times into
+    random clips of the other categories (real background) at an SNR drawn from `snr_db`,
+    as it would be heard in a room; those copies follow their source clip into its fold.
+    """
+    model = _load_model(model_dir, variant)
+    rng = np.random.default_rng(seed)
+    out = [clip_windows(model, read_clip(e.path), hop_s) for e in _progress(examples, progress)]
+    if augment > 0:
+        noise = [i for i, e in enumerate(examples) if e.category not in augment_categories]
+        sources = [i for i, e in enumerate(examples) if e.category in augment_categories]
+        jobs = [
+            (i, int(rng.choice(noise)), float(rng.uniform(*snr_db)))
+            for _ in range(augment)
+            for i in sources
+        ]
+        for i, n, snr in _progress(jobs, progress):
+            audio = mix(read_clip(examples[i].path), read_clip(examples[n].path), snr, rng)
+            out.append(clip_windows(model, audio, hop_s, source=i))
+    return out
+
+
+def _progress(items: Sequence[Any], progress: Callable[[int, int], None] | None) -> Any:
+    for i, item in enumerate(items):
+        yield item
+        if progress is not None:
+            progress(i + 1, len(items))
+
+
+def origins(clips: Sequence[ClipWindows]) -> npt.NDArray[np.intp]:
+    """For each clip, the index of the original clip it is (or was mixed from)."""
+    return np.array([i if c.source < 0 else c.source for i, c in enumerate(clips)], np.intp)
+
+
+def training_windows(
+    clips: Sequence[ClipWindows], positive: Sequence[bool] | npt.NDArray[np.bool_]
+) -> tuple[F32, npt.NDArray[np.int8], npt.NDArray[np.intp]]:
+    """(embeddings, labels, original clip index) of the windows that train the head;
+    `positive` is per original clip, augmented copies take their source's label."""
+    xs, ys, owners = [], [], []
+    source = origins(clips)
+    for clip, i in zip(clips, source, strict=True):
+        pos = bool(positive[i])
+        audible = clip.level_db > -90.0
+        if pos:
+            audible &= clip.level_db >= clip.level_db.max() - POSITIVE_DB
+        idx = np.flatnonzero(audible)
+        xs.append(clip.embeddings[idx])
+        ys.append(np.full(len(idx), int(pos), np.int8))
+        owners.append(np.full(len(idx), i, np.intp))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(owners)
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    clip_scores: F32  # out-of-fold clip score (highest window logit)
+    folds: int
+
+
+def _fit(x: F32, y: npt.NDArray[np.int8], c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    )
+    model.fit(x, y)
+    return model
+
+
+def cross_validate(
+    clips: Sequence[ClipWindows],
+    positive: Sequence[bool] | npt.NDArray[np.bool_],
+    groups: Sequence[str],
+    c: float = 0.01,
+    folds: int = 5,
+) -> CrossValidation:
+    """Out-of-fold scores with StratifiedGroupKFold over recordings; `positive` and `groups`
+    are per original clip (the first of `clips`), augmented copies follow their source."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pos = np.array(positive)
+    group_ids = np.unique(np.array(groups), return_inverse=True)[1]
+    n_pos_groups = len(set(group_ids[pos]))
+    folds = min(folds, n_pos_groups, len(set(group_ids[~pos])))
+    if folds < 2:
+        raise TrainError(
+            "cross-validation needs recordings from at least 2 groups of each class "
+            f"(positives come from {n_pos_groups} group(s))"
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
+    clip_scores = np.full(len(pos), np.nan, np.float32)
+    x, y, owner = training_windows(clips, positive)
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(pos)), pos, group_ids)):
+        in_train = np.isin(owner, train)
+        model = _fit(x[in_train], y[in_train], c)
+        for i in test:
+            clip_scores[i] = float(model.decision_function(clips[i].embeddings).max())
+        log.info("fold %d/%d done", k + 1, folds)
+    return CrossValidation(clip_scores, folds)
+
+
+def sigmoid(z: F32 | float) -> F32:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -60, 60))), np.float32)
+
+
+def choose_threshold(negative_scores: F32, target_fp: float) -> float:
+    """The lowest score that flags at most `target_fp` of the negatives."""
+    ordered = np.sort(negative_scores)[::-1]
+    allowed = int(np.floor(target_fp * len(ordered)))
+    return float(np.nextafter(ordered[allowed], np.float32(np.inf))) if len(ordered) else 0.5
+
+
+def metrics(
+    clip_logits: F32, positive: npt.NDArray[np.bool_], threshold: float
+) -> dict[str, float]:
+    """AUC, recall and share of negatives flagged, on logits (probabilities saturate)."""
+    from sklearn.metrics import roc_auc_score
+
+    return {
+        "auc": float(roc_auc_score(positive, clip_logits)),
+        "recall": float((clip_logits[positive] >= threshold).mean()),
+        "fp_rate": float((clip_logits[~positive] >= threshold).mean()),
+    }
+
+
+def fit_head(
+    clips: Sequence[ClipWindows],
+    positive: Sequence[bool] | npt.NDArray[np.bool_],
+    c: float = 0.01,
+    threshold: float = 0.5,
+    metadata: dict[str, Any] | None = None,
+) -> Head:
+    """A head trained on every (training) window of `clips`."""
+    x, y, _ = training_windows(clips, positive)
+    if y.min() == y.max():
+        raise TrainError("the training windows are all of one class")
+    model = _fit(x, y, c)
+    scaler, logistic = model.steps[0][1], model.steps[1][1]
+    return Head.from_arrays(
+        logistic.coef_[0].astype(np.float32),
+        float(logistic.intercept_[0]),
+        scaler.mean_.astype(np.float32),
+        scaler.scale_.astype(np.float32),
+        np.zeros(0, np.intp),
+        (1.0, 0.0),
+        threshold,
+        metadata,
+    )
+
+
+def train_head(
+    clips: Sequence[ClipWindows],
+    categories: Sequence[str],
+    groups: Sequence[str],
+    category: str,
+    *,
+    c: float = 0.01,
+    folds: int = 5,
+    target_fp: float = 0.005,
+    min_per_class: int = 10,
+) -> tuple[Head, dict[str, Any]]:
+    """The head for `category` trained on every clip, with its cross-validated report;
+    `categories` and `groups` are per original clip (augmented copies come after them)."""
+    positive = np.array([cat == category for cat in categories])
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos < min_per_class or n_neg < min_per_class:
+        raise TrainError(
+            f"too few examples: {n_pos} clip(s) of {category!r} and {n_neg} other clip(s); "
+            f"need at least {min_per_class} of each"
+        )
+    started = time.monotonic()
+    cv = cross_validate(clips, positive, groups, c, folds)
+    logit_threshold = choose_threshold(cv.clip_scores[~positive], target_fp)
+    threshold = 1.0 / (1.0 + math.exp(-min(max(logit_threshold, -60.0), 60.0)))
+    report = {
+        "category": category,
+        "clips": {"positive": n_pos, "negative": n_neg, "augmented": len(clips) - len(positive)},
+        "groups": {"positive": len(set(np.array(groups)[positive])), "all": len(set(groups))},
+        "folds": cv.folds,
+        "C": c,
+        "target_fp": target_fp,
+        "threshold": threshold,
+        "logit_threshold": round(logit_threshold, 3),
+        "cv": {
+            k: round(v, 4) for k, v in metrics(cv.clip_scores, positive, logit_threshold).items()
+        },
+    }
+    head = fit_head(clips, positive, c, threshold, report)
+    log.info("trained %s in %.1f s: %s", category, time.monotonic() - started, report["cv"])
+    return head, report
+
+
+def model_card(metadata: dict[str, Any], examples: Sequence[Example]) -> str:
+    """A short Markdown model card for a trained head."""
+    cv = metadata["cv"]
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[example.category] = counts.get(example.category, 0) + 1
+    data = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+    return f"""# Head: {metadata["category"]}
+
+A logistic-regression head (class-balanced, L2, C={metadata["C"]}) on the 1024-d embedding
+of `{metadata["variant"]}`, applied per window by `edge.heads` (numpy only). Its threshold
+is calibrated by grouped cross-validation to flag at most {metadata["target_fp"]:.1%} of the
+other clips.
+
+- Training data: `{metadata["data"]}` ({data} clips; {metadata["groups"]["all"]} recording
+  groups, {metadata["groups"]["positive"]} of them positive). Positive windows are a positive
+  clip's windows within {POSITIVE_DB:.0f} dB of its loudest; every window of other clips is
+  negative.
+- Windows every {metadata["hop_s"]} s, clips padded with {PAD_S} s of silence on both sides.
+- Cross-validation: {metadata["folds"]}-fold StratifiedGroupKFold; clips of one recording
+  (`converter.train_head.recording_group`) never straddle folds. A clip's score is its
+  highest window score.
+
+| clip AUC | recall | other clips flagged | threshold (target {metadata["target_fp"]:.1%}) | logit |
+|---|---|---|---|---|
+| {cv["auc"]:.3f} | {cv["recall"]:.3f} | {cv["fp_rate"]:.2%} | {metadata["threshold"]:.6f} | \
+{metadata["logit_threshold"]} |
+
+These are cross-validated figures on the development data, not on held-out recordings.
+
+Reproduce:
+
+```
+{metadata["command"]}
+```
+"""
