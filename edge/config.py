@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge.categories import DEFAULT_CATEGORIES, CategoryConfig
 from edge.delivery import AlertsConfig
 from edge.errors import ConfigError
+from edge.health import SystemConfig
 from edge.mqtt import MqttConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
@@ -151,6 +152,9 @@ class Config(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local state.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model files.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
+    system: SystemConfig = Field(
+        default_factory=SystemConfig, description="The device: watchdog stall limit, Wi-Fi power."
+    )
 
     @property
     def models_dir(self) -> Path:

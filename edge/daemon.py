@@ -22,6 +22,8 @@ from edge.delivery import DeliveryService
 from edge.detector import RATE, Detector
 from edge.events import Event, EventSink
 from edge.frontend import PATCH_SAMPLES
+from edge.health import DeviceHealth
+from edge.notify import Notifier, PipelineWatch, Progress
 from edge.outbox import Outbox
 from edge.pipeline import build_detector, hop_samples
 from edge.ring import AudioRing, Overrun
@@ -114,6 +116,24 @@ class Daemon:
         self.worker = InferenceWorker(
             self.ring, self.detector, hop_samples(config), self.outbox, self._on_event
         )
+        self.device_health = DeviceHealth(config.storage.dir)
+        self.watch = PipelineWatch(
+            Notifier.from_env(), self._progress, self._status, config.system.stall_s
+        )
+
+    def _progress(self) -> Progress:
+        capture = self.source.stats if self.source else None
+        samples = capture.samples if capture else -1
+        last_block = capture.last_block if capture else 0.0
+        return Progress(samples, last_block, self.worker.last_progress)
+
+    def _status(self) -> str:
+        capture = self.source.stats if self.source else None
+        stats = self.detector.stats
+        return (
+            f"capture {capture.state if capture else 'none'}, {stats.windows} windows, "
+            f"{self.worker.events} events, outbox {self.outbox.depth()}"
+        )
 
     def _on_event(self, event: Event) -> None:
         if event.phase != "update":
@@ -139,6 +159,8 @@ class Daemon:
             "infer_p95_ms": round(float(np.percentile(times, 95)), 2),
             "events": self.worker.events,
             "outbox_depth": self.outbox.depth(),
+            "inference_backlog_samples": max(0, self.ring.head - self.worker.next_end),
+            **self.device_health.sample(capture.samples if capture else 0),
             "delivery": self.delivery.stats(),
         }
 
@@ -167,6 +189,7 @@ class Daemon:
         every = self.config.logging.health_every_s
         next_health = time.monotonic() + every
         while not self.stop_event.wait(0.2):
+            self.watch.tick()
             if self._source_done():
                 log.info("audio file ended: stopping once its alerts are delivered")
                 return self.shutdown(drain_s=DRAIN_S)
@@ -180,6 +203,7 @@ class Daemon:
     def shutdown(self, drain_s: float = 0.0) -> int:
         """Stop everything; with `drain_s`, first wait that long at most for pending acks."""
         began = time.monotonic()
+        self.watch.stopping()
         if self.source is not None:
             self.source.stop(timeout=1.0)
         self.worker.stop(timeout=1.0)  # ends active events into the outbox

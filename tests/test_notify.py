@@ -1,0 +1,190 @@
+"""sd_notify: the real daemon under a fake `$NOTIFY_SOCKET` (a datagram socket this test binds)
+records from a real PulseAudio server. READY comes once samples flow, WATCHDOG pings while the
+pipeline runs, the pings stop when the audio server hangs (SIGSTOP), and STOPPING on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.notify import Notifier, PipelineWatch, Progress
+from tests.helpers import ROOT, free_port, require_models
+from tests.test_capture_pulse import Pulse
+
+pytestmark = pytest.mark.slow
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket that collects what the daemon sends, with times."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, seconds: float) -> list[str]:
+        """Everything received in the next `seconds`."""
+        got: list[str] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append((time.monotonic(), data))
+            got.extend(data.split("\n"))
+        return got
+
+    def wait_for(self, prefix: str, timeout: float) -> list[str]:
+        """Lines received up to and including the first that starts with `prefix`."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.collect(min(0.5, deadline - time.monotonic()))
+            seen.extend(lines)
+            if any(line.startswith(prefix) for line in lines):
+                return seen
+        raise AssertionError(f"no {prefix!r} within {timeout} s; got {seen[-10:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_notifier_sends_to_an_abstract_socket() -> None:
+    address = f"@safeguard-test-{os.getpid()}"
+    sink = NotifySocket(address)
+    try:
+        assert Notifier(address, use_systemd_python=False).send("READY=1", "STATUS=ok")
+        assert sink.collect(1.0) == ["READY=1", "STATUS=ok"]
+    finally:
+        sink.close()
+
+
+def test_no_socket_means_no_notifications() -> None:
+    assert not Notifier(None).send("READY=1")
+
+
+class _Sent(Notifier):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[str] = []
+
+    def send(self, *lines: str) -> bool:
+        self.sent.extend(lines)
+        return True
+
+
+def test_watch_is_ready_after_samples_and_pings_only_while_progressing() -> None:
+    now = [100.0]
+    state = [Progress(0, 100.0, 100.0)]
+    sent = _Sent()
+    watch = PipelineWatch(
+        sent, lambda: state[0], lambda: "ok", stall_s=5.0, ping_every_s=1.0, clock=lambda: now[0]
+    )
+    watch.tick()
+    assert sent.sent == []  # no samples yet: not ready
+    state[0] = Progress(1600, 100.1, 100.0)
+    watch.tick()
+    assert sent.sent[0] == "READY=1"
+    for _ in range(4):
+        now[0] += 1.0
+        state[0] = Progress(state[0].samples + 16000, now[0], now[0])
+        watch.tick()
+    assert sent.sent.count("WATCHDOG=1") == 4
+    now[0] += 6.0  # capture and inference both idle past stall_s
+    watch.tick()
+    watch.tick()
+    assert sent.sent.count("WATCHDOG=1") == 4
+    assert "STATUS=stalled: capture idle 6.0 s, inference idle 6.0 s" in sent.sent
+    state[0] = Progress(state[0].samples + 1600, now[0], now[0] - 5.5)  # inference still idle
+    now[0] += 1.0
+    watch.tick()
+    assert sent.sent.count("WATCHDOG=1") == 4
+    state[0] = Progress(state[0].samples + 1600, now[0], now[0])
+    watch.tick()
+    assert sent.sent.count("WATCHDOG=1") == 5
+    watch.stopping()
+    assert sent.sent[-2:] == ["STOPPING=1", "STATUS=stopping"]
+
+
+@pytest.fixture
+def pulse(tmp_path: Path) -> Iterator[Pulse]:
+    server = Pulse(tmp_path / "pulse")
+    server.runtime.mkdir()
+    server.start()
+    yield server
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGCONT)
+    server.stop()
+
+
+def test_daemon_ready_watchdog_stall_and_stopping(tmp_path: Path, pulse: Pulse) -> None:
+    models = require_models()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+audio: {{source: "pulse:virtmic", hop_s: 0.5}}
+mqtt: {{host: 127.0.0.1, port: {free_port()}}}
+storage: {{dir: {tmp_path / "state"}}}
+models: {{dir: {models}}}
+logging: {{health_every_s: 2}}
+system: {{stall_s: 2}}
+"""
+    )
+    sink = NotifySocket(str(tmp_path / "notify.sock"))
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+        "WATCHDOG_USEC": "600000",  # a ping every 0.3 s
+        "PULSE_SERVER": pulse.server,
+    }
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    assert pulse.proc is not None
+    try:
+        seen = sink.wait_for("READY=1", timeout=60)
+        assert "WATCHDOG=1" not in seen[: seen.index("READY=1")]  # no pings before READY
+        ready = next(line for line in seen[seen.index("READY=1") :] if line.startswith("STATUS="))
+        assert "capture running" in ready, ready
+
+        running = sink.collect(3.0)
+        assert running.count("WATCHDOG=1") >= 5, running
+
+        pulse.proc.send_signal(signal.SIGSTOP)  # the audio server hangs: no more blocks
+        stalled = sink.wait_for("STATUS=stalled", timeout=15)
+        reason = next(line for line in stalled if line.startswith("STATUS=stalled"))
+        capture_idle = float(reason.split("capture idle ")[1].split(" s")[0])
+        assert capture_idle > 2.0, reason  # the audio server hangs, so capture is idle
+        silent = sink.collect(3.0)
+        assert "WATCHDOG=1" not in silent, silent
+        pulse.proc.send_signal(signal.SIGCONT)
+
+        proc.send_signal(signal.SIGTERM)
+        sink.wait_for("STOPPING=1", timeout=15)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+        sink.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "pipeline stalled (capture idle" in text, text[-2000:]
+    for key in ("cpu_temp_c=", "disk_free_mb=", "capture_rate_hz=", "infer_p95_ms="):
+        assert key in text, key

@@ -1,0 +1,97 @@
+"""The unit files pass `systemd-analyze verify` cleanly and rate an exposure of 1.5 or lower."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+UNITS = sorted((ROOT / "systemd").glob("*.service"))
+MAX_EXPOSURE = 1.5
+
+
+def analyze() -> str:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.fail("systemd-analyze is not installed: run `make deps`", pytrace=False)
+    return exe
+
+
+def test_both_units_are_there() -> None:
+    assert [u.name for u in UNITS] == ["safeguard-listener.service", "safeguard.service"]
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_exposure_is_low(unit: Path) -> None:
+    out = subprocess.run(
+        [analyze(), "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", out.stdout)
+    assert match, out.stdout + out.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, out.stdout
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_verify_is_clean(unit: Path, tmp_path: Path) -> None:
+    """Verify checks that the commands exist: point /opt/safeguard at stub executables."""
+    text = unit.read_text()
+    opt = tmp_path / "opt" / "safeguard"
+    for command in set(re.findall(r"/opt/safeguard/(\S+)", text)):
+        stub = opt / command
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+    copy = tmp_path / "units" / unit.name
+    copy.parent.mkdir()
+    copy.write_text(text.replace("/opt/safeguard/", f"{opt}/"))
+    out = subprocess.run(
+        [analyze(), "verify", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout + out.stderr == "", out.stdout + out.stderr  # warnings are not clean
+
+
+def test_verify_catches_a_bad_key(tmp_path: Path) -> None:
+    """The check above can fail: an unknown key is reported."""
+    copy = tmp_path / "bad.service"
+    copy.write_text("[Service]\nExecStart=/bin/true\nNoSuchKey=1\n")
+    out = subprocess.run(
+        [analyze(), "verify", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "NoSuchKey" in out.stderr
+
+
+def test_daemon_unit_has_the_watchdog_and_the_device_access() -> None:
+    text = (ROOT / "systemd" / "safeguard.service").read_text()
+    for line in [
+        "Type=notify",
+        "WatchdogSec=30",
+        "Restart=on-failure",
+        "StartLimitBurst=5",
+        "User=safeguard",
+        "SupplementaryGroups=audio video",
+        "StateDirectory=safeguard",
+        "RuntimeDirectory=safeguard",
+        "ConfigurationDirectory=safeguard",
+        "EnvironmentFile=-/etc/safeguard/secrets.env",
+        "DeviceAllow=char-alsa rw",
+        "DeviceAllow=/dev/snd rw",
+    ]:
+        assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
