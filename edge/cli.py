@@ -87,14 +87,25 @@ def _progress(name: str) -> Callable[[float], None] | None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from edge.analyze import analyze_file
     from edge.pipeline import build_detector, hop_samples, load_yamnet
+    from edge.videopipe import analyze_video, build_analyzer, has_audio, is_video, load_backbone
 
     config = _config(args)
     model = load_yamnet(config)
+    backbone = None
     failed = 0
     for name in args.files:
         detector = build_detector(config, model)
+        path = Path(name)
         try:
-            records = analyze_file(Path(name), detector, hop_samples(config), name, _progress(name))
+            records = []
+            if has_audio(path):
+                records = analyze_file(path, detector, hop_samples(config), name, _progress(name))
+            if is_video(path):  # the picture too: violence events
+                backbone = backbone or load_backbone(config.models_dir, config.video.threads)
+                found = analyze_video(
+                    path, build_analyzer(config.video, backbone), config.video, name
+                )
+                records = sorted([*records, *found], key=lambda r: (r.alert_at_s, r.category))
         except SafeguardError as exc:
             print(f"safeguard: {exc}", file=sys.stderr)
             failed += 1

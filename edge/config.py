@@ -17,6 +17,7 @@ from edge.delivery import AlertsConfig
 from edge.errors import ConfigError
 from edge.health import SystemConfig
 from edge.mqtt import MqttConfig
+from edge.videoconfig import VideoConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,13 +92,6 @@ class AudioConfig(BaseModel):
         if abs(round(value * 100) - value * 100) > 1e-6:
             raise ValueError("must be a multiple of 0.01 s (the front end's frame step)")
         return value
-
-
-class VideoConfig(BaseModel):
-    model_config = _FORBID
-    source: Literal["none"] = Field(
-        "none", description="Camera source; video analysis is not in this release yet."
-    )
 
 
 class DetectionConfig(BaseModel):

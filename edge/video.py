@@ -1,0 +1,247 @@
+"""Video analysis: motion gate -> MobileNet V1 embeddings of frames and of frame differences
+-> statistics over a window of frames -> the violence head -> smoothing -> events.
+
+Single frames are weak evidence of a fight; movement over time is strong. For each analysed
+frame the backbone embeds the frame itself and the (amplified) difference to the previous
+analysed frame; the head sees mean and spread of both over the last `window` frames.
+The same code serves the live daemon (`edge.camera` feeds it) and `safeguard analyze`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import zipfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.backend import TFLiteModel
+from edge.errors import ConfigError
+from edge.events import Event, Severity
+from edge.smoothing import Smoother, SmoothingConfig
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+INPUT = 224
+GATE_SIZE = (64, 48)  # the motion gate's grayscale frame (width, height)
+DIFF_GAIN = 4.0  # frame differences are amplified before the backbone sees them
+HEAD_KEYS = ("mean", "scale", "weights", "bias", "threshold", "window")
+
+
+def downscale(frame: U8, width: int) -> U8:
+    """`frame` (BGR) resized to `width` pixels wide, aspect kept (what the ring holds)."""
+    h, w = frame.shape[:2]
+    if w == width:
+        return frame
+    size = (width, max(1, round(h * width / w)))
+    return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
+def backbone_input(frame: U8) -> U8:
+    """A BGR frame as the backbone's 224x224 RGB input (squashed, not cropped)."""
+    small = cv2.resize(frame, (INPUT, INPUT), interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), np.uint8)
+
+
+def difference_input(current: U8, previous: U8) -> U8:
+    """The amplified absolute difference of two backbone inputs (moving edges light up)."""
+    diff = cv2.absdiff(current, previous).astype(np.float32) * DIFF_GAIN
+    out: U8 = np.clip(diff, 0, 255).astype(np.uint8)
+    return out
+
+
+def gate_frame(frame: U8) -> U8:
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(gray, GATE_SIZE, interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.GaussianBlur(small, (3, 3), 0), np.uint8)
+
+
+class Backbone:
+    """Coral's MobileNet V1 uint8 embedding extractor: 224x224 RGB -> 1024 floats."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        self.model = TFLiteModel(path, threads)
+        self.runtime = self.model.runtime
+        out = self.model.outputs[0]
+        self._out = int(out["index"])
+        self._scale, self._zero = (float(v) for v in out["quantization"])
+
+    def embed(self, rgb: U8) -> F32:
+        self.model.invoke(rgb[np.newaxis])
+        raw = self.model.get(self._out).reshape(-1).astype(np.float32)
+        out: F32 = (raw - self._zero) * self._scale
+        return out
+
+
+def window_features(frames: F32, diffs: F32) -> F32:
+    """Over a window: mean and max of the difference embeddings and the mean change of the
+    frame embeddings, [3 * 1024]. Appearance alone does not carry over between scenes."""
+    change = np.abs(np.diff(frames, axis=0)).mean(0)
+    return np.concatenate([diffs.mean(0), diffs.max(0), change]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class VideoHead:
+    """A logistic layer over the window features; applied with numpy only."""
+
+    weights: F32  # [d], input standardisation folded in
+    bias: float
+    threshold: float  # operating point chosen by cross-validation
+    window: int  # analysed frames the features are computed over
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, features: F32) -> float:
+        z = float(np.dot(self.weights, features)) + self.bias
+        return 1.0 / (1.0 + float(np.exp(-np.clip(z, -60, 60))))
+
+
+def save_video_head(path: Path, head: VideoHead) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = len(head.weights)
+    with path.open("wb") as handle:
+        np.savez_compressed(
+            handle,
+            mean=np.zeros(k, np.float32),
+            scale=np.ones(k, np.float32),
+            weights=head.weights,
+            bias=np.float32(head.bias),
+            threshold=np.float64(head.threshold),
+            window=np.int32(head.window),
+            metadata=np.array(json.dumps(head.metadata, sort_keys=True)),
+        )
+
+
+def load_video_head(path: Path, key: str = "video.head") -> VideoHead:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in HEAD_KEYS if k not in data]
+            if missing:
+                raise ConfigError(f"{key}: {path} is not a video head (no {', '.join(missing)})")
+            arrays = {k: np.asarray(data[k]) for k in HEAD_KEYS}
+            meta = json.loads(str(data["metadata"])) if "metadata" in data else {}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{key}: cannot read video head {path}: {exc}") from None
+    if not arrays["weights"].shape == arrays["mean"].shape == arrays["scale"].shape:
+        raise ConfigError(f"{key}: {path} has inconsistent shapes")
+    scale = arrays["scale"].astype(np.float32)
+    return VideoHead(
+        weights=(arrays["weights"] / scale).astype(np.float32),
+        bias=float(arrays["bias"] - np.dot(arrays["mean"] / scale, arrays["weights"])),
+        threshold=float(arrays["threshold"]),
+        window=int(arrays["window"]),
+        metadata=meta,
+    )
+
+
+@dataclass
+class VideoStats:
+    offered: int = 0  # frames the sampler took for analysis
+    motion: int = 0  # of those, frames with motion (the model ran)
+    still: int = 0  # frames the motion gate skipped
+    skipped: int = 0  # analysis slots lost because the worker fell behind
+    infer_ms: list[float] = field(default_factory=list)
+
+
+class VideoAnalyzer:
+    """Analysed frames in, violence events out. Feed frames in time order with `process`."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        backbone: Backbone,
+        head: VideoHead,
+        smoothing: SmoothingConfig,
+        motion_threshold: float = 0.01,
+        severity: Severity = "critical",
+        category: str = "violence",
+        origin_wall: float = 0.0,
+    ) -> None:
+        self.backbone = backbone
+        self.head = head
+        self.category = category
+        self.severity: Severity = severity
+        self.motion_threshold = motion_threshold
+        self.smoother = Smoother(smoothing, 0.0)
+        self.origin_wall = origin_wall
+        self.stats = VideoStats()
+        self.last_score = 0.0
+        self.last_motion = 0.0
+        self._frames: deque[F32] = deque(maxlen=head.window)
+        self._diffs: deque[F32] = deque(maxlen=head.window - 1)
+        self._prev_rgb: U8 | None = None
+        self._prev_gate: U8 | None = None
+        self._key = ""
+
+    def motion(self, frame: U8) -> float:
+        """Fraction of gate pixels that changed since the previous analysed frame."""
+        gate = gate_frame(frame)
+        prev, self._prev_gate = self._prev_gate, gate
+        if prev is None:
+            return 1.0
+        return float(np.count_nonzero(cv2.absdiff(gate, prev) > 20)) / gate.size
+
+    def score_frame(self, frame: U8) -> float | None:
+        """The backbone on one frame (and its difference); the head's score once it can."""
+        rgb = backbone_input(frame)
+        self._frames.append(self.backbone.embed(rgb))
+        if self._prev_rgb is not None:
+            self._diffs.append(self.backbone.embed(difference_input(rgb, self._prev_rgb)))
+        self._prev_rgb = rgb
+        if len(self._diffs) < max(2, self.head.window // 2):
+            return None
+        feats = window_features(np.stack(self._frames), np.stack(self._diffs))
+        return self.head.score(feats)
+
+    def process(self, frame: U8, t: float) -> list[Event]:
+        """Analyse the frame captured at stream time `t` (seconds)."""
+        self.stats.offered += 1
+        self.last_motion = moved = self.motion(frame)
+        score = 0.0
+        if moved >= self.motion_threshold:
+            self.stats.motion += 1
+            got = self.score_frame(frame)
+            score = 0.0 if got is None else got
+        else:
+            self.stats.still += 1
+            self._frames.clear()
+            self._diffs.clear()
+            self._prev_rgb = None
+        self.last_score = score
+        tr = self.smoother.step(t, score)
+        if tr is None:
+            return []
+        if tr.phase == "start":
+            self._key = uuid.uuid4().hex
+        return [self._event(tr.phase, tr.start_s, tr.at_s, tr.end_s, tr.score, tr.peak)]
+
+    def flush(self, at_s: float) -> list[Event]:
+        tr = self.smoother.finish(at_s)
+        if tr is None:
+            return []
+        return [self._event(tr.phase, tr.start_s, tr.at_s, tr.end_s, tr.score, tr.peak)]
+
+    def _event(  # noqa: PLR0917
+        self, phase: Any, start: float, at: float, end: float, score: float, peak: float
+    ) -> Event:
+        return Event(
+            phase=phase,
+            key=self._key,
+            category=self.category,
+            severity=self.severity,
+            score=float(min(1.0, max(0.0, score))),
+            peak_score=float(peak),
+            start_s=start,
+            at_s=at,
+            end_s=end,
+            wall_start=self.origin_wall + start,
+            wall_at=self.origin_wall + at,
+            modalities=("video",),
+        )

@@ -1,0 +1,78 @@
+"""The `video:` section of the configuration (camera, analysis, violence model, clips, fusion).
+
+`video: {source: none}` (the default) turns the camera half off.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge.smoothing import SmoothingConfig
+
+_FORBID = ConfigDict(extra="forbid", frozen=True)
+VIOLENCE_SMOOTHING = SmoothingConfig(
+    on=0.78, off=0.6, k=2, n=4, fast=None, hold_s=1.5, refractory_s=5.0, update_s=10.0
+)
+
+
+class ClipsConfig(BaseModel):
+    model_config = _FORBID
+    enabled: bool = Field(True, description="Write audio/video evidence clips for each event.")
+    pre_s: float = Field(5.0, ge=0, le=60, description="Seconds before the event start.")
+    post_s: float = Field(5.0, ge=0, le=60, description="Seconds after the event end.")
+    quota_mb: float = Field(1024.0, ge=10, le=1e6, description="Disk quota of the clip folder.")
+    retention_days: float = Field(14.0, gt=0, le=3650, description="Clips older go.")
+    queue: int = Field(16, ge=1, le=256, description="Pending clip jobs; beyond: dropped, counted.")
+
+
+class FusionConfig(BaseModel):
+    model_config = _FORBID
+    window_s: float = Field(
+        5.0, ge=0, le=120, description="Audio and video events this close in time fuse."
+    )
+    severity: Literal["info", "warning", "critical"] = Field(
+        "critical", description="Severity of a fused (audio + video) alert."
+    )
+
+
+class VideoConfig(BaseModel):
+    """Camera and violence detection."""
+
+    model_config = _FORBID
+    source: str = Field(
+        "none",
+        description='"none" | "/dev/videoN" | "file:/path.mp4" (real-time speed) | "rtsp://..." '
+        '| "gst:PIPELINE".',
+    )
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    width: int = Field(320, ge=64, le=1920, description="Frames are downscaled to this width.")
+    ring_s: float = Field(20.0, ge=2, le=300, description="Seconds of frames kept (pre-roll).")
+    max_fps: float = Field(15.0, ge=1, le=60, description="Frames kept per second at most.")
+    fps: float = Field(4.0, ge=0.5, le=30, description="Frames analysed per second.")
+    motion_threshold: float = Field(
+        0.01, ge=0, le=1, description="Fraction of changed pixels that opens the motion gate."
+    )
+    head: Path | None = Field(
+        None, description="The violence head file (null: the shipped heads/violence.npz)."
+    )
+    severity: Literal["info", "warning", "critical"] = Field(
+        "warning", description="Severity of a violence alert seen by the camera alone."
+    )
+    smoothing: SmoothingConfig = Field(
+        VIOLENCE_SMOOTHING, description="How violence scores become events."
+    )
+    threads: int = Field(1, ge=1, le=8, description="Backbone inference threads.")
+    retry_max_s: float = Field(30.0, ge=1, le=600, description="Longest wait between reopens.")
+    clips: ClipsConfig = Field(default_factory=ClipsConfig, description="Evidence clips.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Audio + video.")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value == "none" or re.match(r"^(/dev/video\d+|file:.+|rtsps?://.+|gst:.+)$", value):
+            return value
+        raise ValueError('must be "none", "/dev/videoN", "file:/path", "rtsp://..." or "gst:..."')

@@ -1,0 +1,108 @@
+"""The violence model path on real dev clips and the motion gate on a generated video."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.camera import file_frames
+from edge.smoothing import SmoothingConfig
+from edge.video import load_video_head
+from edge.videoconfig import VideoConfig
+from edge.videopipe import analyze_video, build_analyzer, load_backbone
+from models_tflite import HEADS
+from tests.helpers import ROOT, VIDEO_DEV, require_models, require_shared
+
+FIELDS = {"file", "category", "start_s", "end_s", "peak_score", "alert_at_s"}
+
+
+def moving_square(path: Path, seconds: float, still_until: float, fps: int = 20) -> None:
+    """640x480: a static scene, then a square moving across it."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (640, 480))
+    assert out.isOpened()
+    for i in range(int(seconds * fps)):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        t = i / fps
+        if t >= still_until:
+            x = int((t - still_until) * 400) % 560
+            cv2.rectangle(frame, (x, 180), (x + 80, 300), (250, 250, 250), -1)
+        out.write(frame)
+    out.release()
+
+
+def test_shipped_head_card_and_metadata() -> None:
+    head = load_video_head(HEADS / "violence.npz")
+    assert head.weights.shape == (3 * 1024,)
+    assert head.window == 8
+    assert 0 < head.threshold < 1
+    assert set(head.metadata["cv"]) >= {"roc_auc", "recall", "flagged_negatives"}
+    assert "converter.train_video_head" in head.metadata["command"]
+    assert (HEADS / "violence.md").read_text().count(head.metadata["command"].split(" ", 1)[1])
+
+
+def test_motion_gate_skips_still_frames_and_runs_on_movement(tmp_path: Path) -> None:
+    video = tmp_path / "square.mp4"
+    moving_square(video, seconds=4.0, still_until=2.0)
+    analyzer = build_analyzer(VideoConfig(), load_backbone(require_models()))
+    motions = []
+    for t, frame in file_frames(video, 4.0, 320):
+        analyzer.process(frame, t)
+        motions.append((t, analyzer.last_motion))
+    stats = analyzer.stats
+    assert stats.offered == 16
+    # the first frame opens the gate (nothing to compare), the still half closes it
+    assert all(m == 0.0 for t, m in motions[1:8] if t < 2.0)
+    assert all(m > 0.01 for t, m in motions if t >= 2.25)
+    assert stats.still == 7
+    assert stats.motion == 9
+
+
+def test_analyze_reports_violence_on_fight_clips_in_the_jsonl_contract(tmp_path: Path) -> None:
+    dev = require_shared(VIDEO_DEV)
+    models = require_models()
+    rows = [line.split(",") for line in (dev / "labels.csv").read_text().splitlines()[1:]]
+    fights = [dev / f for f, c in rows if c == "violence"][:4]
+    calm = [dev / f for f, c in rows if c == "none"][:4]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models: {{dir: {models}}}\nstorage: {{dir: {tmp_path}}}\n")
+    files = [str(p) for p in fights + calm]
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/safeguard"), "analyze", "--config", str(config), "--json", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert records, run.stderr
+    for record in records:
+        assert set(record) >= FIELDS
+        assert record["start_s"] <= record["alert_at_s"]
+    flagged = {r["file"] for r in records if r["category"] == "violence"}
+    assert len(flagged & {str(p) for p in fights}) >= 3
+    assert len(flagged & {str(p) for p in calm}) <= 1
+
+
+def test_analyze_video_alert_time_follows_smoothing() -> None:
+    dev = require_shared(VIDEO_DEV)
+    clip = dev / "clips" / "fi001.mp4"
+    backbone = load_backbone(require_models())
+    eager = VideoConfig(smoothing=SmoothingConfig(on=0.5, off=0.3, k=1, n=1, fast=None))
+    strict = VideoConfig(smoothing=SmoothingConfig(on=0.5, off=0.3, k=3, n=3, fast=None))
+    early = analyze_video(clip, build_analyzer(eager, backbone), eager, "a")
+    late = analyze_video(clip, build_analyzer(strict, backbone), strict, "a")
+    assert early
+    assert late
+    assert early[0].alert_at_s + 0.49 <= late[0].alert_at_s
+
+
+def test_missing_video_file_is_a_clear_error(tmp_path: Path) -> None:
+    from edge.errors import CaptureError
+
+    with pytest.raises(CaptureError, match="no such file"):
+        list(file_frames(tmp_path / "nope.mp4", 4.0, 320))
