@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from edge.notify import Notifier, PipelineWatch, Progress
 from edge.outbox import Outbox
 from edge.pipeline import build_detector, hop_samples
 from edge.ring import AudioRing, Overrun
+
+if TYPE_CHECKING:
+    from edge.videopipe import VideoWorker
 
 log = logging.getLogger(__name__)
 DRAIN_S = 10.0  # after a file source ends: how long to wait for outstanding acks
@@ -110,11 +114,22 @@ class Daemon:
         self.ring = AudioRing(int(config.audio.ring_s * RATE))
         location = config.device.location.model_dump() if config.device.location else None
         self.outbox = Outbox(config.storage.dir / "outbox.db", config.device.id, location)
+        self.sink: EventSink = self.outbox
+        self.video: VideoWorker | None = None
+        if config.video.source != "none":  # the camera half, fused with audio before the outbox
+            from edge.fusion import FusionSink
+            from edge.videopipe import VideoWorker
+
+            fusion = config.video.fusion
+            self.sink = FusionSink(self.outbox, fusion.window_s, fusion.severity)
+            self.video = VideoWorker(
+                config.video, config.models_dir, self.sink, origin, self._on_event
+            )
         audio = config.audio
         self.source: AudioSource | None = open_source(audio, self.ring)
         self.delivery = DeliveryService(config.mqtt, config.alerts, self.outbox, config.device.id)
         self.worker = InferenceWorker(
-            self.ring, self.detector, hop_samples(config), self.outbox, self._on_event
+            self.ring, self.detector, hop_samples(config), self.sink, self._on_event
         )
         self.device_health = DeviceHealth(config.storage.dir)
         self.watch = PipelineWatch(
@@ -161,6 +176,7 @@ class Daemon:
             "outbox_depth": self.outbox.depth(),
             "inference_backlog_samples": max(0, self.ring.head - self.worker.next_end),
             **self.device_health.sample(capture.samples if capture else 0),
+            **(self.video.health() if self.video else {}),
             "delivery": self.delivery.stats(),
         }
 
@@ -179,6 +195,9 @@ class Daemon:
         if self.source is not None:
             self.source.start()
         self.worker.start()
+        if self.video is not None:
+            self.video.analyzer.origin_wall = self.detector.origin_wall
+            self.video.start()
         log.info(
             "safeguard running: device=%s source=%s model=%s hop=%.2fs",
             self.config.device.id,
@@ -207,6 +226,8 @@ class Daemon:
         if self.source is not None:
             self.source.stop(timeout=1.0)
         self.worker.stop(timeout=1.0)  # ends active events into the outbox
+        if self.video is not None:
+            self.video.stop(timeout=1.0)
         while self.outbox.depth() and time.monotonic() - began < drain_s:
             time.sleep(0.05)
         self.delivery.stop(timeout=1.0)

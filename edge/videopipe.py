@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.analyze import EventRecord
-from edge.camera import file_frames
-from edge.events import Event
+from edge.camera import CameraSource, FrameRing, file_frames
+from edge.events import Event, EventSink
 from edge.models import load_manifest, verify
 from edge.video import Backbone, VideoAnalyzer, load_video_head
 from edge.videoconfig import VideoConfig
@@ -90,3 +93,84 @@ def has_audio(path: Path) -> bool:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     return bool(out.stdout.strip())
+
+
+class VideoWorker:
+    """The camera thread fills the ring; this thread analyses the newest frame every 1/fps
+    (never waiting on capture; slots it could not keep up with are counted as skipped)."""
+
+    def __init__(
+        self,
+        video: VideoConfig,
+        models_dir: Path,
+        sink: EventSink,
+        origin_wall: float,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.video = video
+        self.sink = sink
+        self.on_event = on_event
+        shape = (round(video.width * 3 / 4), video.width, 3)  # resized on write if different
+        self.ring = FrameRing(max(2, int(video.ring_s * video.max_fps)), shape)
+        self.camera = CameraSource(
+            video.source, self.ring, video.width, video.max_fps, video.rtsp_transport,
+            video.retry_max_s,
+        )  # fmt: skip
+        self.analyzer = build_analyzer(video, load_backbone(models_dir, video.threads), origin_wall)
+        self.events = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="video", daemon=True)
+
+    def start(self) -> None:
+        self.camera.start()
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.camera.stop(timeout)
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _deliver(self, events: list[Event]) -> None:
+        for event in events:
+            self.events += 1
+            try:
+                self.sink.submit(event)
+            except Exception:  # the sink logs what failed; the pipeline must go on
+                log.exception("could not store a violence %s event", event.phase)
+            if self.on_event is not None:
+                self.on_event(event)
+
+    def _run(self) -> None:
+        period = 1.0 / self.video.fps
+        stats = self.analyzer.stats
+        last_index, last_t, due = -1, 0.0, time.monotonic()
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            late = time.monotonic() - due
+            if late > period:
+                stats.skipped += int(late / period)
+                due += int(late / period) * period
+            due += period
+            newest = self.ring.latest()
+            if newest is None or newest[0] == last_index:
+                continue
+            last_index, last_t, frame = newest
+            began = time.perf_counter()
+            events = self.analyzer.process(frame, last_t)
+            ms = (time.perf_counter() - began) * 1000
+            stats.infer_ms = [*stats.infer_ms[-199:], ms]
+            self._deliver(events)
+        self._deliver(self.analyzer.flush(last_t))
+
+    def health(self) -> dict[str, object]:
+        s, cam = self.analyzer.stats, self.camera.stats
+        return {
+            "video_capture": cam.state,
+            "video_frames": cam.frames,
+            "video_dropped": cam.dropped,
+            "video_reopens": cam.reopens,
+            "video_analysed": s.offered,
+            "video_motion": s.motion,
+            "video_still": s.still,
+            "video_skipped": s.skipped,
+            "video_events": self.events,
+        }

@@ -1,0 +1,94 @@
+"""The daemon with a `file:` camera: capture ring, analysis, fusion with a scream in the
+same file's audio track, into the outbox. Fusion logic on its own with synthetic events."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from edge.events import Event
+from edge.fusion import FusionSink
+from tests.helpers import AUDIO_DEV, ROOT, VIDEO_DEV, require_models, require_shared
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def submit(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def event(phase: str, key: str, modality: str, start: float, at: float) -> Event:
+    return Event(
+        phase=phase,  # type: ignore[arg-type]
+        key=key,
+        category="scream" if modality == "audio" else "violence",
+        severity="warning",
+        score=0.9,
+        peak_score=0.9,
+        start_s=start,
+        at_s=at,
+        end_s=at,
+        wall_start=1000 + start,
+        wall_at=1000 + at,
+        modalities=(modality,),
+    )
+
+
+def test_fusion_raises_severity_only_when_modalities_overlap() -> None:
+    out = Collect()
+    sink = FusionSink(out, window_s=3.0, severity="critical")
+    sink.submit(event("start", "a", "audio", 10, 10.5))
+    sink.submit(event("start", "v", "video", 12, 12.5))  # within the window: fused
+    sink.submit(event("end", "v", "video", 12, 14))
+    sink.submit(event("end", "a", "audio", 10, 15))
+    sink.submit(event("start", "v2", "video", 40, 40.5))  # alone: its own severity
+    kinds = [(e.key, e.phase, e.severity, e.modalities) for e in out.events]
+    assert kinds == [
+        ("a", "start", "warning", ("audio",)),
+        ("v", "start", "critical", ("audio", "video")),
+        ("v", "end", "critical", ("audio", "video")),
+        ("a", "end", "warning", ("audio",)),
+        ("v2", "start", "warning", ("video",)),
+    ]
+    assert out.events[1].evidence["audio:scream"] == 0.9
+    assert sink.fused == 1
+
+
+def test_daemon_fuses_a_fight_with_a_scream_from_one_file(tmp_path: Path) -> None:
+    dev, audio = require_shared(VIDEO_DEV), require_shared(AUDIO_DEV)
+    models = require_models()
+    fight = dev / "clips" / "fi001.mp4"
+    scream = next(
+        audio / line.split(",")[0]
+        for line in (audio / "labels.csv").read_text().splitlines()
+        if line.split(",")[1] == "scream"
+    )
+    muxed = tmp_path / "fight_scream.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-stream_loop", "2", "-i", str(fight), "-i", str(scream),
+         "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-t", "6", str(muxed)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"models: {{dir: {models}}}\nstorage: {{dir: {tmp_path}}}\n"
+        f"audio: {{source: 'file:{muxed}'}}\n"
+        f"video: {{source: 'file:{muxed}', fusion: {{window_s: 10}}}}\n"
+        "mqtt: {host: 127.0.0.1, port: 9}\n"
+    )
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/safeguard"), "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        alerts = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox ORDER BY id")]
+    starts = [a for a in alerts if a["event"] == "start"]
+    assert {a["category"] for a in starts} >= {"scream", "violence"}, starts
+    fused = [a for a in starts if a["modalities"] == ["audio", "video"]]
+    assert fused, starts
+    assert fused[0]["severity"] == "critical"
