@@ -1,0 +1,90 @@
+"""Video benchmark: cross-validated clip recall at <= 10% non-violent clips flagged, model-path
+frames/s on one core, and daemon CPU with a 640x480 `file:` camera analysed at 4 fps.
+
+    .venv/bin/python -m bench.video [--data ../shared/data/video-dev] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from converter.train_video_head import (
+    clip_features,
+    cross_validate,
+    embed_clip,
+    load_clips,
+    metrics,
+)
+from edge.videoconfig import VideoConfig
+from edge.videopipe import build_analyzer, load_backbone
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "var" / "models"
+
+
+def model_fps(frames: int = 200) -> float:
+    analyzer = build_analyzer(VideoConfig(motion_threshold=0.0), load_backbone(MODELS))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 240, 320, 3), dtype=np.uint8)
+    began = time.perf_counter()
+    for i in range(frames):
+        analyzer.process(images[i % 8], i / 4)
+    return frames / (time.perf_counter() - began)
+
+
+def daemon_cpu(seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "cam.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+             f"testsrc2=size=640x480:rate=25:duration={seconds + 10}", "-pix_fmt", "yuv420p",
+             str(video)],
+            check=True, timeout=120,
+        )  # fmt: skip
+        config = Path(tmp) / "config.yaml"
+        config.write_text(
+            f"models: {{dir: {MODELS}}}\nstorage: {{dir: {tmp}}}\naudio: {{source: none}}\n"
+            f"video: {{source: 'file:{video}'}}\nmqtt: {{host: 127.0.0.1, port: 9}}\n"
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/safeguard"), "run", "--config", str(config)],
+            env=env, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(seconds)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return used / seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/video-dev")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    clips = load_clips(args.data)
+    backbone = load_backbone(MODELS)
+    feats = [clip_features(embed_clip(backbone, c.path, 4.0, 320), 8) for c in clips]
+    y = np.array([c.label for c in clips])
+    cv = metrics(cross_validate(feats, clips, 5, 0.01, 8), y, 0.10)
+    print(f"clip-level, 5 grouped folds, {len(clips)} clips: {cv}")
+    print(f"model path (gate + 2 backbone calls + head), 1 thread: {model_fps():.1f} frames/s")
+    print(f"daemon, 640x480 file camera at 4 fps: {daemon_cpu(args.seconds):.1%} of one core")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
