@@ -7,7 +7,7 @@ MODELS_FROM ?= $(if $(SHARED_MODELS),--from $(SHARED_MODELS),)
 MODELS_DIR ?= var/models
 CONFIG ?= config.dev.yaml
 
-.PHONY: setup deps models run test lint typecheck unit bench clean
+.PHONY: setup tflite-venv deps models run test lint typecheck unit bench clean
 
 $(BIN)/safeguard: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,15 @@ $(BIN)/safeguard: pyproject.toml
 	touch $@
 
 setup: $(BIN)/safeguard
+
+# tflite_runtime 2.14 (numpy<2, Python <= 3.11 wheels) beside the main venv: the converter's
+# tests load every converted model in it as well as in ai_edge_litert.
+TFLITE_PY ?= $(shell command -v python3.11 || command -v python3.10 || echo python3)
+.venv-tflite/bin/python:
+	$(TFLITE_PY) -m venv .venv-tflite
+	.venv-tflite/bin/pip install --quiet 'tflite-runtime==2.14.0' 'numpy<2'
+
+tflite-venv: .venv-tflite/bin/python
 
 deps:
 	bash scripts/system-deps.sh
@@ -36,11 +45,11 @@ typecheck: setup
 unit: setup models
 	$(BIN)/pytest -q
 
-test: deps setup models lint typecheck unit
+test: deps setup tflite-venv models lint typecheck unit
 
 bench: setup models
 	$(BIN)/python -m bench.speed
 	$(BIN)/python -m bench.quality
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) .venv-tflite var build *.egg-info

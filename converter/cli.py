@@ -2,6 +2,7 @@
 
     safeguard-convert train-head --kind audio --data DIR_OR_LABELS_CSV --category NAME \
         --out models_tflite/heads/NAME.npz [--models var/models] [--variant yamnet]
+    safeguard-convert convert MODEL --rep-data DIR --out OUT.tflite
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         help="also mix each positive clip N times into other clips at 0-20 dB SNR",
     )
     head.add_argument("--limit", type=int, default=0, help="use at most N clips per category")
+    from converter import convert_cmd
+
+    convert_cmd.add_parser(sub)
     return parser
 
 
@@ -155,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from converter.train_head import TrainError
 
     try:
+        if args.command == "convert":
+            from converter import convert_cmd
+
+            return convert_cmd.run(args)
         return train_head_command(args, argv)
     except (TrainError, SafeguardError) as exc:
         if args.debug:
