@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers import Mosquitto, PostgresCluster, free_port, make_alert, wait_port
 
-TOKEN = "fleet-bench-token"  # noqa: S105  # a throwaway token for loopback processes
+TOKEN = "fleet-bench-token"  # a throwaway token for loopback processes
 # Broker settings a fleet needs: no queue cap that would drop QoS 1 messages under load.
 BROKER_CONFIG = "max_queued_messages 0\nmax_inflight_messages 1000\n"
 
@@ -61,8 +61,8 @@ class FleetResult:
 
 def _metrics(base: str) -> dict[str, float]:
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    request = urllib.request.Request(base + "/metrics", headers=auth)  # noqa: S310  # loopback
-    with urllib.request.urlopen(  # noqa: S310  # http://127.0.0.1 only
+    request = urllib.request.Request(base + "/metrics", headers=auth)  # loopback
+    with urllib.request.urlopen(  # http://127.0.0.1 only
         request, timeout=10
     ) as response:
         text = response.read().decode()
@@ -75,7 +75,7 @@ def _metrics(base: str) -> dict[str, float]:
 
 
 def _healthy(base: str) -> bool:
-    with urllib.request.urlopen(  # noqa: S310  # http://127.0.0.1 only
+    with urllib.request.urlopen(  # http://127.0.0.1 only
         base + "/healthz", timeout=5
     ) as response:
         return bool(json.load(response)["mqtt"])
