@@ -7,7 +7,7 @@ MODELS_FROM ?= $(if $(SHARED_MODELS),--from $(SHARED_MODELS),)
 MODELS_DIR ?= var/models
 CONFIG ?= config.dev.yaml
 
-.PHONY: setup tflite-venv deps models run test lint typecheck unit bench clean
+.PHONY: setup tflite-venv deps models run test lint typecheck unit bench clean pi-check
 
 $(BIN)/safeguard: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: deps setup tflite-venv models lint typecheck unit
 bench: setup models
 	$(BIN)/python -m bench.speed
 	$(BIN)/python -m bench.quality
+
+# The platform proof: install.sh and analyze in an arm64 Debian root under qemu (slow, root).
+pi-check: deps
+	bash scripts/pi-check.sh
 
 clean:
 	rm -rf $(VENV) .venv-tflite var build *.egg-info

@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# Install Safeguard on a Raspberry Pi (Raspberry Pi OS), a Debian/Ubuntu machine or a Jetson
+# (Ubuntu/JetPack) from this checkout. Idempotent: run it again to upgrade.
+#
+#   sudo ./install.sh                       # install, enable and start safeguard
+#   sudo ./install.sh --models-from DIR     # offline: models from a mirror folder
+#   sudo ./install.sh --with-listener       # also the listener service (alerts API, dashboard)
+#   ./install.sh --root DIR                 # stage into DIR; the running system is not touched
+#   sudo ./install.sh --uninstall [--purge] # remove; --purge also removes config, data, user
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=""
+MODELS_FROM=""
+WITH_LISTENER=0
+UNINSTALL=0
+PURGE=0
+START=1
+USER_NAME=safeguard
+PREFIX=/opt/safeguard
+VENV=$PREFIX/venv
+ETC=/etc/safeguard
+STATE=/var/lib/safeguard
+UNITS=/etc/systemd/system
+DOCS=/usr/share/doc/safeguard
+DONE=()
+
+usage() {
+  sed -n '2,9s/^# \{0,1\}//p' "$0"
+  echo "options: --root DIR  --models-from DIR  --with-listener  --no-start  --uninstall  --purge"
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT=$(realpath -m "${2:?--root needs a folder}"); shift ;;
+    --models-from) MODELS_FROM=$(realpath "${2:?--models-from needs a folder}"); shift ;;
+    --with-listener) WITH_LISTENER=1 ;;
+    --no-start) START=0 ;;
+    --uninstall) UNINSTALL=1 ;;
+    --purge) PURGE=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { printf 'safeguard install: %s\n' "$*"; }
+did() { DONE+=("$*"); say "$*"; }
+die() { printf 'safeguard install: error: %s\n' "$*" >&2; exit 1; }
+
+# With --root, what would change the running system is recorded here instead of done.
+PLAN=""
+if [ -n "$ROOT" ]; then
+  mkdir -p "$ROOT"
+  PLAN=$ROOT/safeguard-install.plan
+  : >"$PLAN"
+elif [ "$(id -u)" -ne 0 ]; then
+  die "run as root (sudo ./install.sh), or stage with --root DIR"
+fi
+
+# Runs a command that changes the system, or records it under --root.
+system() {
+  if [ -n "$PLAN" ]; then
+    printf '%s\n' "$*" >>"$PLAN"
+  else
+    "$@"
+  fi
+}
+
+detect_platform() {
+  OS_ID=unknown
+  OS_LIKE=""
+  if [ -r /etc/os-release ]; then
+    # shellcheck source=/dev/null
+    OS_ID=$(. /etc/os-release && echo "${ID:-unknown}")
+    # shellcheck source=/dev/null
+    OS_LIKE=$(. /etc/os-release && echo "${ID_LIKE:-}")
+  fi
+  ARCH=$(uname -m)
+  BOARD=""
+  [ -r /proc/device-tree/model ] && BOARD=$(tr -d '\0' </proc/device-tree/model)
+  PLATFORM=$OS_ID
+  if [ "$OS_ID" = raspbian ] || [ -e /etc/rpi-issue ] || [[ $BOARD == Raspberry\ Pi* ]]; then
+    PLATFORM=raspberrypi-os
+  elif [ -e /etc/nv_tegra_release ] || [[ $BOARD == *Jetson* ]]; then
+    PLATFORM=jetson
+  fi
+  case "$OS_ID $OS_LIKE" in
+    *debian* | *ubuntu* | raspbian*) ;;
+    *) die "unsupported system '$OS_ID': install.sh supports Raspberry Pi OS, Debian and Ubuntu/JetPack" ;;
+  esac
+  case "$ARCH" in
+    aarch64 | x86_64 | armv7l) ;;
+    *) die "unsupported architecture $ARCH" ;;
+  esac
+  say "platform: $PLATFORM ($OS_ID, $ARCH${BOARD:+, $BOARD})"
+}
+
+# The broker host of the installed config, else of the shipped one.
+broker_host() {
+  local config=$ROOT$ETC/config.yaml
+  [ -f "$config" ] || config=$SRC/config.yaml
+  awk '/^[^ #]/ {in_mqtt = ($1 == "mqtt:")} in_mqtt && $1 == "host:" {print $2; exit}' "$config" |
+    tr -d '"'"'"
+}
+
+install_packages() {
+  local packages=(python3 python3-venv libportaudio2 libsndfile1 ffmpeg iw ca-certificates)
+  local host
+  host=$(broker_host)
+  case "${host:-127.0.0.1}" in
+    127.0.0.1 | localhost | ::1) packages+=(mosquitto) ;;
+  esac
+  local missing=()
+  for pkg in "${packages[@]}"; do
+    if [ -n "$PLAN" ] || ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed"; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    system apt-get update -qq
+    system apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    did "apt packages: ${missing[*]}"
+  else
+    say "apt packages: all present"
+  fi
+}
+
+create_user() {
+  if [ -n "$PLAN" ]; then
+    system useradd --system --user-group --home-dir "$STATE" --shell /usr/sbin/nologin "$USER_NAME"
+    system usermod --append --groups audio,video "$USER_NAME"
+    return
+  fi
+  if ! id "$USER_NAME" >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir "$STATE" --shell /usr/sbin/nologin "$USER_NAME"
+    did "created system user $USER_NAME"
+  fi
+  local group
+  for group in audio video; do
+    getent group "$group" >/dev/null || groupadd --system "$group"
+    id -nG "$USER_NAME" | tr ' ' '\n' | grep -qx "$group" || usermod --append --groups "$group" "$USER_NAME"
+  done
+}
+
+# Owner changes only on the real system (a staging root has no safeguard user).
+own() {
+  [ -n "$PLAN" ] && return 0
+  chown "$@"
+}
+
+# What the Python package is built from (the rest of the checkout does not change it).
+package_tar() {
+  (cd "$SRC" && tar --exclude='__pycache__' --exclude='*.egg-info' "$@" -cf - \
+    pyproject.toml README.md edge listener converter models_tflite)
+}
+
+install_venv() {
+  local venv=$ROOT$VENV src=$ROOT$PREFIX/src stamp
+  stamp=$(package_tar --sort=name --mtime=@0 --owner=0 --group=0 | sha256sum | cut -c1-16)
+  if [ -x "$venv/bin/safeguard" ] && [ "$(cat "$ROOT$PREFIX/.source-stamp" 2>/dev/null)" = "$stamp" ]; then
+    say "virtual environment: $VENV is current"
+    return
+  fi
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  rm -rf "$src"
+  mkdir -p "$src"
+  package_tar | tar -C "$src" -xf -
+  local index=()
+  if [ "$PLATFORM" = raspberrypi-os ]; then
+    index=(--extra-index-url https://www.piwheels.org/simple)  # ARM wheels built for the Pi
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${index[@]}" "${src}[device]"
+  rm -rf "$src/build" "$src"/*.egg-info
+  echo "$stamp" >"$ROOT$PREFIX/.source-stamp"
+  did "virtual environment: $VENV with safeguard[device] from $SRC ($("$venv/bin/safeguard" --version))"
+}
+
+install_models() {
+  local models=$ROOT$STATE/models
+  local from=()
+  [ -n "$MODELS_FROM" ] && from=(--from "$MODELS_FROM")
+  mkdir -p "$models"
+  "$ROOT$VENV/bin/safeguard" models fetch --dir "$models" "${from[@]}"
+  "$ROOT$VENV/bin/safeguard" models verify --dir "$models"
+  own -R "$USER_NAME:$USER_NAME" "$ROOT$STATE"
+  did "models: fetched and verified in $STATE/models${MODELS_FROM:+ (from $MODELS_FROM)}"
+}
+
+# Installs a config file unless an edited one is there (then the new default goes beside it).
+install_config() {
+  local file=$1 dest=$ROOT$2 mode=$3
+  if [ ! -e "$dest" ]; then
+    install -m "$mode" "$file" "$dest"
+    own "root:$USER_NAME" "$dest"
+    did "config: $2"
+  elif ! cmp -s "$file" "$dest"; then
+    install -m 0644 "$file" "$dest.dist"
+    say "config: kept your edited $2 (the new default is $2.dist)"
+  fi
+}
+
+install_files() {
+  mkdir -p "$ROOT$ETC" "$ROOT$STATE" "$ROOT$UNITS" "$ROOT$DOCS"
+  chmod 0750 "$ROOT$ETC" "$ROOT$STATE"
+  own "root:$USER_NAME" "$ROOT$ETC"
+  own "$USER_NAME:$USER_NAME" "$ROOT$STATE"
+  install_config "$SRC/config.yaml" "$ETC/config.yaml" 0640
+  local secrets=$ROOT$ETC/secrets.env
+  if [ ! -e "$secrets" ]; then
+    (umask 077 && cat >"$secrets") <<'EOF'
+# Secrets for safeguard.service (read by systemd as root; keep this file mode 0600).
+# SAFEGUARD_MQTT_PASSWORD=
+# SAFEGUARD_TWILIO_AUTH_TOKEN=
+# SAFEGUARD_SMTP_PASSWORD=
+EOF
+    did "secrets: $ETC/secrets.env (mode 0600)"
+  fi
+  chmod 0600 "$secrets"
+  own root:root "$secrets"
+  install -m 0644 "$SRC/systemd/safeguard.service" "$ROOT$UNITS/safeguard.service"
+  install -m 0644 "$SRC/docs/device.md" "$SRC/README.md" "$ROOT$DOCS/"
+  if [ "$WITH_LISTENER" = 1 ]; then
+    install -m 0644 "$SRC/systemd/safeguard-listener.service" "$ROOT$UNITS/"
+    install -m 0644 "$SRC/docs/listener.md" "$ROOT$DOCS/"
+    install_config "$SRC/config.listener.yaml" "$ETC/listener.yaml" 0644
+    local token=$ROOT$ETC/listener.api_token
+    if [ ! -s "$token" ]; then
+      (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$token")
+      did "listener API token: $ETC/listener.api_token (mode 0600)"
+    fi
+    chmod 0600 "$token"
+  fi
+  did "units: $UNITS/safeguard.service${WITH_LISTENER:+$([ "$WITH_LISTENER" = 1 ] && echo ", safeguard-listener.service")}"
+}
+
+enable_services() {
+  local services=(safeguard)
+  [ "$WITH_LISTENER" = 1 ] && services+=(safeguard-listener)
+  if [ -z "$PLAN" ] && ! command -v systemctl >/dev/null; then
+    say "no systemctl here: start it by hand with $VENV/bin/safeguard run --config $ETC/config.yaml"
+    return
+  fi
+  if [ -z "$PLAN" ] && [ ! -d /run/systemd/system ]; then
+    systemctl enable "${services[@]}"  # works offline (a chroot, an image being built)
+    did "enabled ${services[*]} (systemd is not running here: it starts at the next boot)"
+    return
+  fi
+  system systemctl daemon-reload
+  system systemctl enable "${services[@]}"
+  if [ "$START" = 1 ]; then
+    system systemctl restart "${services[@]}"
+    did "enabled and (re)started ${services[*]}"
+  else
+    did "enabled ${services[*]}"
+  fi
+}
+
+uninstall() {
+  local services=(safeguard safeguard-listener)
+  if [ -n "$PLAN" ] || [ -d /run/systemd/system ]; then
+    system systemctl disable --now "${services[@]}"
+  fi
+  rm -f "$ROOT$UNITS/safeguard.service" "$ROOT$UNITS/safeguard-listener.service"
+  rm -rf "${ROOT:?}$PREFIX" "${ROOT:?}$DOCS"
+  [ -z "$PLAN" ] && [ -d /run/systemd/system ] && systemctl daemon-reload
+  did "removed the services, $PREFIX and $DOCS"
+  if [ "$PURGE" = 1 ]; then
+    rm -rf "${ROOT:?}$ETC" "${ROOT:?}$STATE" "${ROOT:?}/var/lib/safeguard-listener"
+    if [ -n "$PLAN" ] || id "$USER_NAME" >/dev/null 2>&1; then
+      system userdel "$USER_NAME"
+    fi
+    did "purged $ETC, $STATE and the $USER_NAME user"
+  else
+    say "kept $ETC (config, secrets) and $STATE (outbox, models): --purge removes them"
+  fi
+}
+
+summary() {
+  echo
+  say "done${ROOT:+ (staged in $ROOT; the running system was not touched)}:"
+  local line
+  for line in "${DONE[@]}"; do echo "  - $line"; done
+  if [ -n "$PLAN" ]; then
+    echo "  what a real install also runs is listed in $PLAN"
+  fi
+  if [ "$UNINSTALL" = 0 ]; then
+    cat <<EOF
+
+Edit $ETC/config.yaml (device id, location, broker), secrets in $ETC/secrets.env, then:
+  sudo systemctl restart safeguard
+Check it:
+  systemctl status safeguard
+  journalctl -u safeguard -f
+  $VENV/bin/safeguard check --config $ETC/config.yaml
+EOF
+  fi
+}
+
+if [ "$UNINSTALL" = 1 ]; then
+  uninstall
+  summary
+  exit 0
+fi
+detect_platform
+install_packages
+create_user
+install_venv
+install_files
+install_models
+enable_services
+summary
