@@ -111,7 +111,7 @@ DEFAULT_CATEGORIES: dict[str, CategoryConfig] = {
         veto_ratio=1.0,
         head="glass_break.npz",
         combine="head",
-        smoothing=_smoothing(on=0.96, off=0.8, fast=0.995, k=2, n=3),
+        smoothing=_smoothing(on=0.96, off=0.8, fast=None, k=2, n=3),
     ),
 }
 
