@@ -12,12 +12,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.capture import AudioSource, FileSource, open_source
+from edge.clips import Clip, ClipSink, ClipWriter
 from edge.config import Config
 from edge.delivery import DeliveryService
 from edge.detector import RATE, Detector
@@ -30,6 +32,7 @@ from edge.pipeline import build_detector, hop_samples
 from edge.ring import AudioRing, Overrun
 
 if TYPE_CHECKING:
+    from edge.preview import PreviewServer
     from edge.videopipe import VideoWorker
 
 log = logging.getLogger(__name__)
@@ -115,18 +118,32 @@ class Daemon:
         location = config.device.location.model_dump() if config.device.location else None
         self.outbox = Outbox(config.storage.dir / "outbox.db", config.device.id, location)
         self.sink: EventSink = self.outbox
+        clips = config.video.clips  # audio-only devices too (video.source: none)
+        self.clips: ClipWriter | None = None
+        if clips.enabled:
+            self.clips = ClipWriter(clips, config.storage.dir / "clips", self._on_clip)
+            self.sink = ClipSink(self.outbox, self.clips)
         self.video: VideoWorker | None = None
+        self.preview: PreviewServer | None = None
         if config.video.source != "none":  # the camera half, fused with audio before the outbox
             from edge.fusion import FusionSink
             from edge.videopipe import VideoWorker
 
             fusion = config.video.fusion
-            self.sink = FusionSink(self.outbox, fusion.window_s, fusion.severity)
+            self.sink = FusionSink(self.sink, fusion.window_s, fusion.severity)
             self.video = VideoWorker(
                 config.video, config.models_dir, self.sink, origin, self._on_event
             )
+            if config.video.preview.enabled:  # off by default; needs its password secret
+                from edge.preview import PreviewServer
+
+                self.preview = PreviewServer(config.video.preview, self.video.ring)
         audio = config.audio
         self.source: AudioSource | None = open_source(audio, self.ring)
+        if self.clips is not None:
+            self.clips.audio = self.ring if self.source is not None else None
+            if self.video is not None:
+                self.clips.frames, self.clips.fps = self.video.ring, config.video.max_fps
         self.delivery = DeliveryService(config.mqtt, config.alerts, self.outbox, config.device.id)
         self.worker = InferenceWorker(
             self.ring, self.detector, hop_samples(config), self.sink, self._on_event
@@ -154,6 +171,12 @@ class Daemon:
         if event.phase != "update":
             self.delivery.publish_state(event.category, event.phase == "start")
 
+    def _on_clip(self, event: Event, clip: Clip) -> None:
+        """A written clip is announced as one more `update` of its (possibly ended) event."""
+        now = time.time()
+        at_s = event.at_s + (now - event.wall_at)
+        self.outbox.submit(replace(event, phase="update", at_s=at_s, wall_at=now), {"clip": clip})
+
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stop_event.set()
@@ -177,11 +200,18 @@ class Daemon:
             "inference_backlog_samples": max(0, self.ring.head - self.worker.next_end),
             **self.device_health.sample(capture.samples if capture else 0),
             **(self.video.health() if self.video else {}),
+            **(self.clips.health() if self.clips else {}),
             "delivery": self.delivery.stats(),
         }
 
     def _source_done(self) -> bool:
-        """A file source has ended and every window of it has been analysed."""
+        """A file source has ended and every window of it has been analysed (with
+        `audio: none`, the `file:` camera has ended)."""
+        if self.source is None:
+            camera = self.video.camera if self.video is not None else None
+            return (
+                camera is not None and camera.source.startswith("file:") and (camera.ended.is_set())
+            )
         ended = isinstance(self.source, FileSource) and self.source.ended.is_set()
         return ended and self.worker.next_end > self.ring.head
 
@@ -198,6 +228,10 @@ class Daemon:
         if self.video is not None:
             self.video.analyzer.origin_wall = self.detector.origin_wall
             self.video.start()
+        if self.clips is not None:
+            self.clips.start()
+        if self.preview is not None:
+            self.preview.start()
         log.info(
             "safeguard running: device=%s source=%s model=%s hop=%.2fs",
             self.config.device.id,
@@ -210,7 +244,7 @@ class Daemon:
         while not self.stop_event.wait(0.2):
             self.watch.tick()
             if self._source_done():
-                log.info("audio file ended: stopping once its alerts are delivered")
+                log.info("file source ended: stopping once its alerts are delivered")
                 return self.shutdown(drain_s=DRAIN_S)
             if time.monotonic() >= next_health:
                 next_health += every
@@ -223,11 +257,15 @@ class Daemon:
         """Stop everything; with `drain_s`, first wait that long at most for pending acks."""
         began = time.monotonic()
         self.watch.stopping()
+        if self.preview is not None:
+            self.preview.stop(timeout=1.0)
         if self.source is not None:
             self.source.stop(timeout=1.0)
         self.worker.stop(timeout=1.0)  # ends active events into the outbox
         if self.video is not None:
             self.video.stop(timeout=1.0)
+        if self.clips is not None:
+            self.clips.stop(timeout=30.0)  # finishes the clips under way with the data held
         while self.outbox.depth() and time.monotonic() - began < drain_s:
             time.sleep(0.05)
         self.delivery.stop(timeout=1.0)

@@ -85,6 +85,7 @@ class Outbox:
         self._location = location
         self._lock = threading.Lock()
         self._event_ids: dict[str, str] = {}
+        self._ended_ids: dict[str, str] = {}  # recently ended events (their late clip update)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -97,11 +98,16 @@ class Outbox:
         except sqlite3.Error as exc:
             raise DeliveryError(f"cannot open the outbox {path}: {exc}") from None
 
-    def alert_for(self, event: Event) -> dict[str, Any]:
+    def alert_for(self, event: Event, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The alert for `event`, with optional `extra` fields (e.g. `clip`)."""
         alert_id = schema.new_id()
-        event_id = self._event_ids.setdefault(event.key, alert_id)
+        if event.phase == "start":  # a key used again is a new event
+            self._ended_ids.pop(event.key, None)
+        event_id = self._ended_ids.get(event.key) or self._event_ids.setdefault(event.key, alert_id)
         if event.phase == "end":
-            self._event_ids.pop(event.key, None)
+            self._ended_ids[event.key] = self._event_ids.pop(event.key, event_id)
+            while len(self._ended_ids) > 256:
+                del self._ended_ids[next(iter(self._ended_ids))]
         alert: dict[str, Any] = {
             "schema": schema.SCHEMA_ID,
             "id": alert_id,
@@ -121,11 +127,12 @@ class Outbox:
         }
         if self._location:
             alert["location"] = self._location
+        alert.update(extra or {})
         return schema.validate(alert)
 
-    def submit(self, event: Event) -> None:
+    def submit(self, event: Event, extra: dict[str, Any] | None = None) -> None:
         """Store the alert for `event`; committed (fsync) before this returns."""
-        alert = self.alert_for(event)
+        alert = self.alert_for(event, extra)
         self.submit_alert(alert, event.key)
         log.info(
             "alert %s stored: %s %s score=%.2f",

@@ -29,6 +29,25 @@ class ClipsConfig(BaseModel):
     queue: int = Field(16, ge=1, le=256, description="Pending clip jobs; beyond: dropped, counted.")
 
 
+class PreviewConfig(BaseModel):
+    model_config = _FORBID
+    enabled: bool = Field(
+        False,
+        description="Serve an MJPEG preview of the camera (password: the secret "
+        "preview_password, i.e. SAFEGUARD_PREVIEW_PASSWORD or $CREDENTIALS_DIRECTORY).",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on; 0.0.0.0 for the LAN (basic auth is clear text: "
+        "a trusted network or a TLS proxy).",
+    )
+    port: int = Field(8081, ge=0, le=65535, description="HTTP port (0: any free port).")
+    user: str = Field("safeguard", min_length=1, max_length=64, description="Basic-auth user.")
+    fps: float = Field(2.0, ge=0.2, le=15, description="Preview frames per second.")
+    quality: int = Field(70, ge=10, le=95, description="JPEG quality.")
+    max_clients: int = Field(2, ge=1, le=16, description="Viewers at once; more are refused.")
+
+
 class FusionConfig(BaseModel):
     model_config = _FORBID
     window_s: float = Field(
@@ -67,7 +86,14 @@ class VideoConfig(BaseModel):
     )
     threads: int = Field(1, ge=1, le=8, description="Backbone inference threads.")
     retry_max_s: float = Field(30.0, ge=1, le=600, description="Longest wait between reopens.")
-    clips: ClipsConfig = Field(default_factory=ClipsConfig, description="Evidence clips.")
+    clips: ClipsConfig = Field(
+        default_factory=ClipsConfig,
+        description="Evidence clips of every event: WAV from the audio ring, MP4 from the camera "
+        "(audio-only devices too, with video.source none).",
+    )
+    preview: PreviewConfig = Field(
+        default_factory=PreviewConfig, description="MJPEG preview (off by default)."
+    )
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="Audio + video.")
 
     @field_validator("source")

@@ -1,0 +1,425 @@
+"""Event clips: pre-roll plus post-roll audio (WAV) and video (MP4) cut from the rings, off
+the hot path.
+
+Flow: `ClipSink` sits in front of the outbox. Every event is stored there first (no alert
+waits for a clip), then offered to the `ClipWriter` without blocking: a bounded queue; when
+it is full the event is dropped and counted. The writer's one thread follows each event
+from its start, copying audio (by absolute sample index) and frames (by stream time) out of
+the rings as they arrive, so an event longer than the rings still gets a whole clip. Once
+the post-roll after the event's end has been captured it closes the files, enforces the
+retention and the disk quota, and hands a clip reference (span, paths, durations, sha256)
+to `on_clip`; the daemon sends it as one extra `update` alert of the event.
+
+Span: `[max(0, start_s - pre_s), end_s + post_s]` in stream seconds, cut at the sample for
+audio and at 1/fps for video (each output frame is the newest camera frame at its time, so
+the MP4 has a constant rate). When the data ends first (a file source, shutdown), the clip
+ends with the data. Frames missing before the first held one repeat it; audio lost to a
+ring overrun is written as silence; both are counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import soundfile
+
+from edge.camera import U8, FrameRing
+from edge.events import Event, EventSink
+from edge.ring import AudioRing, Overrun
+from edge.videoconfig import ClipsConfig
+
+log = logging.getLogger(__name__)
+RATE = 16000
+GRACE_S = 5.0  # after end + post-roll: how long to wait for data that may not come
+MAX_CLIP_S = 600.0  # an event still open after this long is closed (its end was lost)
+PRUNE_EVERY_S = 3600.0
+Clip = dict[str, Any]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def prune(
+    folder: Path,
+    quota_bytes: float,
+    retention_s: float,
+    now: float | None = None,
+    keep: frozenset[Path] = frozenset(),
+) -> list[Path]:
+    """Delete files in `folder` older than `retention_s`, then the oldest until the rest fit
+    in `quota_bytes`; files in `keep` (clips being written) stay. The deleted paths."""
+    now = time.time() if now is None else now
+    files: list[tuple[float, int, Path]] = []
+    total = 0  # the quota counts every file, kept ones too
+    for path in folder.iterdir() if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            if path.is_file():
+                total += st.st_size
+                if path not in keep:
+                    files.append((st.st_mtime, st.st_size, path))
+    files.sort()
+    gone: list[Path] = []
+    for mtime, size, path in files:
+        if now - mtime <= retention_s and total <= quota_bytes:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        gone.append(path)
+        total -= size
+    if gone:
+        log.info("clips: removed %d old files (retention, quota)", len(gone))
+    return gone
+
+
+@functools.cache
+def video_encoder() -> list[str] | None:
+    """ffmpeg encoder arguments: H.264 (libx264) when available, else MPEG-4 part 2."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return None
+    out = subprocess.run(
+        [exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    if re.search(r"\slibx264\s", out):
+        return [exe, "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p"]
+    return [exe, "-c:v", "mpeg4", "-q:v", "5", "-pix_fmt", "yuv420p"]
+
+
+class AudioTrack:
+    """Samples [start, end) of the audio ring into a 16-bit WAV, as they arrive."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path = path
+        self.start = self.next = start
+        self.end: int | None = None
+        self.lost = 0  # samples written as silence (overwritten before they were copied)
+        self._file = soundfile.SoundFile(path, "w", RATE, 1, "PCM_16", format="WAV")
+
+    def pump(self, ring: AudioRing) -> None:
+        upto = ring.head if self.end is None else min(ring.head, self.end)
+        while self.next < upto:
+            count = min(upto - self.next, ring.capacity // 2, RATE * 10)
+            try:
+                block = ring.read(self.next, count)
+            except Overrun as exc:
+                gap = min(upto, exc.oldest) - self.next
+                self.lost += gap
+                self._file.write(np.zeros(gap, np.float32))
+                self.next += gap
+                continue
+            self._file.write(block)
+            self.next += count
+
+    def done(self) -> bool:
+        return self.end is not None and self.next >= self.end
+
+    def close(self) -> float:
+        """Close the file; its duration in seconds."""
+        self.end = self.next
+        self._file.close()
+        return (self.next - self.start) / RATE
+
+
+class VideoTrack:
+    """Frames of the frame ring at a constant rate from `t0` into an MP4 through ffmpeg."""
+
+    def __init__(self, path: Path, t0: float, fps: float, shape: tuple[int, ...]) -> None:
+        encoder = video_encoder()
+        if encoder is None:
+            raise OSError("ffmpeg is not installed")
+        height, width = shape[0], shape[1]
+        self.path, self.t0, self.fps = path, t0, fps
+        self.count: int | None = None  # output frames in all, once the end is known
+        self.written = 0
+        self.padded = 0  # output frames before the first frame held by the ring
+        self._seen_t = -math.inf
+        self._last: U8 | None = None
+        self._proc = subprocess.Popen(
+            [encoder[0], "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+             "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-", *encoder[1:],
+             "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-threads", "1",
+             "-movflags", "+faststart", "-f", "mp4", str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def set_end(self, t1: float) -> None:
+        self.count = max(0, round((t1 - self.t0) * self.fps))
+
+    def _emit(self, frame: U8) -> None:
+        stdin: IO[bytes] | None = self._proc.stdin
+        assert stdin is not None
+        stdin.write(np.ascontiguousarray(frame).tobytes())
+        self.written += 1
+
+    def _slot(self, index: int) -> float:
+        return self.t0 + index / self.fps
+
+    def pump(self, ring: FrameRing) -> None:
+        for t, frame in ring.since(self._seen_t):
+            if t <= self._seen_t:
+                continue
+            self._seen_t = t
+            # every slot before this frame's time shows the newest earlier frame
+            while (self.count is None or self.written < self.count) and self._slot(
+                self.written
+            ) < t - 1e-6:
+                if self._last is None:
+                    self.padded += 1
+                self._emit(frame if self._last is None else self._last)
+            self._last = frame
+
+    def done(self) -> bool:
+        return self.count is not None and self.written >= self.count
+
+    def finish(self) -> None:
+        """Fill the slots up to the newest frame seen (the data ends there at the latest)."""
+        if self._last is None:
+            return
+        covered = math.floor((self._seen_t - self.t0) * self.fps + 1e-6) + 1
+        target = covered if self.count is None else min(self.count, covered)
+        while self.written < target:
+            self._emit(self._last)
+
+    def close(self, timeout: float = 30.0) -> float:
+        """Finish the file; its duration in seconds (OSError if ffmpeg failed)."""
+        with contextlib.suppress(BrokenPipeError):
+            self.finish()
+        _, err = self._proc.communicate(timeout=timeout)
+        if self._proc.returncode != 0 or self.written == 0:
+            raise OSError(f"ffmpeg failed ({self._proc.returncode}): {err.decode()[-300:]}")
+        return self.written / self.fps
+
+    def kill(self) -> None:
+        self._proc.kill()
+        self._proc.wait(5)
+
+
+@dataclass
+class Job:
+    event: Event
+    start_s: float
+    audio: AudioTrack | None
+    video: VideoTrack | None
+    opened: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # set at the event's end
+
+
+@dataclass
+class ClipStats:
+    written: int = 0
+    dropped: int = 0  # events the queue had no room for
+    failed: int = 0
+    lost_samples: int = 0
+    padded_frames: int = 0
+
+
+class ClipWriter:
+    """One thread that turns events into clip files (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ClipsConfig,
+        folder: Path,
+        on_clip: Callable[[Event, Clip], None],
+        *,
+        audio: AudioRing | None = None,
+        frames: FrameRing | None = None,
+        fps: float = 15.0,
+    ) -> None:
+        self.config = config
+        self.folder = folder
+        self.on_clip = on_clip
+        self.audio = audio
+        self.frames = frames
+        self.fps = fps
+        self.stats = ClipStats()
+        self._queue: queue.Queue[Event] = queue.Queue(config.queue)
+        self._jobs: dict[str, Job] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clips", daemon=True)
+
+    # --- the hot side: never waits ---------------------------------------------------------
+    def offer(self, event: Event) -> None:
+        if event.phase == "update":
+            return
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.stats.dropped += 1
+            log.warning("clip queue full: no clip for %s %s", event.category, event.phase)
+
+    # --- the writer thread -----------------------------------------------------------------
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Finish the clips under way with the data there is, then stop."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _prune(self) -> None:
+        keep = frozenset(
+            track.path for job in self._jobs.values() for track in (job.audio, job.video) if track
+        )
+        prune(
+            self.folder,
+            self.config.quota_mb * 1e6,
+            self.config.retention_days * 86400,
+            keep=keep,
+        )
+
+    def _run(self) -> None:
+        self._prune()
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Empty):
+                self._take(self._queue.get(timeout=0.2))
+            self._pump(final=False)
+            if time.monotonic() >= next_prune:
+                next_prune += PRUNE_EVERY_S
+                self._prune()
+        while not self._queue.empty():
+            self._take(self._queue.get_nowait())
+        self._pump(final=True)
+
+    def _take(self, event: Event) -> None:
+        if event.phase == "start":
+            self._open(event)
+            return
+        job = self._jobs.get(event.key)
+        if job is None:
+            return  # its start was dropped (counted)
+        job.event = event
+        t1 = event.end_s + self.config.post_s
+        if job.audio is not None:
+            job.audio.end = max(job.audio.start, round(t1 * RATE))
+        if job.video is not None:
+            job.video.set_end(t1)
+        job.deadline = time.monotonic() + self.config.post_s + GRACE_S
+
+    def _open(self, event: Event) -> None:
+        start_s = max(0.0, event.start_s - self.config.pre_s)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(event.wall_start))
+        key = re.sub(r"[^A-Za-z0-9]", "", event.key)[-8:]
+        base = self.folder / f"{stamp}_{re.sub(r'[^A-Za-z0-9_-]', '', event.category)}_{key}"
+        audio = video = None
+        try:
+            if self.audio is not None:
+                audio = AudioTrack(base.with_suffix(".wav"), round(start_s * RATE))
+            latest = self.frames.latest() if self.frames is not None else None
+            if latest is not None:
+                video = VideoTrack(base.with_suffix(".mp4"), start_s, self.fps, latest[2].shape)
+        except (OSError, RuntimeError) as exc:
+            self.stats.failed += 1
+            log.error("cannot start the clip %s: %s", base.name, exc)
+            return
+        if audio is None and video is None:
+            return
+        self._jobs[event.key] = Job(event, start_s, audio, video)
+
+    def _pump(self, final: bool) -> None:
+        now = time.monotonic()
+        for key, job in list(self._jobs.items()):
+            try:
+                if job.audio is not None and self.audio is not None:
+                    job.audio.pump(self.audio)
+                if job.video is not None and self.frames is not None:
+                    job.video.pump(self.frames)
+            except (OSError, RuntimeError) as exc:
+                log.error("clip of %s failed: %s", job.event.category, exc)
+                self._fail(key, job)
+                continue
+            tracks = [t for t in (job.audio, job.video) if t is not None]
+            complete = all(t.done() for t in tracks)
+            late = job.deadline is not None and now >= job.deadline
+            if final or complete or late or now - job.opened > MAX_CLIP_S:
+                self._finish(key, job)
+
+    def _fail(self, key: str, job: Job) -> None:
+        self.stats.failed += 1
+        del self._jobs[key]
+        if job.video is not None:
+            job.video.kill()
+        if job.audio is not None:
+            with contextlib.suppress(RuntimeError, OSError):
+                job.audio.close()
+
+    def _finish(self, key: str, job: Job) -> None:
+        del self._jobs[key]
+        clip: Clip = {"start_s": round(job.start_s, 3)}
+        durations = []
+        for name, track in (("audio", job.audio), ("video", job.video)):
+            if track is None:
+                continue
+            try:
+                duration = track.close()
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                self.stats.failed += 1
+                log.error("the %s clip %s failed: %s", name, track.path.name, exc)
+                continue
+            durations.append(duration)
+            clip[name] = {
+                "path": str(track.path),
+                "duration_s": round(duration, 4),
+                "sha256": sha256(track.path),
+            }
+        if job.audio is not None:
+            self.stats.lost_samples += job.audio.lost
+        if job.video is not None:
+            self.stats.padded_frames += job.video.padded
+        if not durations:
+            return
+        clip["end_s"] = round(job.start_s + durations[0], 3)  # audio's when there is audio
+        self.stats.written += 1
+        log.info("clip for %s written: %s", job.event.category, clip)
+        self._prune()
+        try:
+            self.on_clip(job.event, clip)
+        except Exception:  # the clip is on disk; the announcement is what failed
+            log.exception("could not announce the clip of %s", job.event.category)
+
+    def health(self) -> dict[str, object]:
+        s = self.stats
+        return {
+            "clips_written": s.written,
+            "clips_dropped": s.dropped,
+            "clips_failed": s.failed,
+            "clips_active": len(self._jobs),
+            "clips_queue": self._queue.qsize(),
+        }
+
+
+class ClipSink:
+    """An `EventSink`: stores the event through `inner` first, then offers it for a clip."""
+
+    def __init__(self, inner: EventSink, writer: ClipWriter) -> None:
+        self.inner = inner
+        self.writer = writer
+
+    def submit(self, event: Event) -> None:
+        try:
+            self.inner.submit(event)
+        finally:
+            self.writer.offer(event)

@@ -1,0 +1,239 @@
+"""Event clips: exact boundaries from real rings, the bounded queue, retention and quota, and
+the daemon writing WAV + MP4 clips for real dev clips (subprocess, `file:` sources) that are
+announced in an extra `update` alert of the event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from edge.camera import FrameRing
+from edge.clips import RATE, ClipWriter, prune
+from edge.events import Event
+from edge.ring import AudioRing
+from edge.videoconfig import ClipsConfig
+from tests.helpers import AUDIO_DEV, ROOT, VIDEO_DEV, require_models, require_shared
+from tests.test_cli_audio import scene
+
+
+def ffprobe(path: Path, entries: str, stream: str = "v:0") -> str:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", stream, "-count_frames", "-show_entries",
+         entries, "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def decodes(path: Path) -> None:
+    """ffmpeg decodes every frame of `path` without a single error."""
+    run = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not run.stderr.strip(), run.stderr
+
+
+def event(phase: str, start_s: float, end_s: float) -> Event:
+    return Event(
+        phase=phase,  # type: ignore[arg-type]
+        key="k1",
+        category="scream",
+        severity="warning",
+        score=0.9,
+        peak_score=0.9,
+        start_s=start_s,
+        at_s=end_s,
+        end_s=end_s,
+        wall_start=1_700_000_000.0,
+        wall_at=1_700_000_000.0 + end_s,
+    )
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout} s")
+        time.sleep(0.05)
+
+
+def test_clip_boundaries_are_exact(tmp_path: Path) -> None:
+    """Audio is cut at the sample and video at 1/fps, while the rings keep being written."""
+    ring = AudioRing(RATE * 4)  # shorter than the clip: it must be copied as it arrives
+    frames = FrameRing(30, (48, 64, 3))
+    clips: list[tuple[Event, dict[str, Any]]] = []
+    config = ClipsConfig(pre_s=1.0, post_s=0.5)
+    writer = ClipWriter(
+        config, tmp_path / "clips", lambda e, c: clips.append((e, c)), audio=ring, frames=frames,
+        fps=10.0,
+    )  # fmt: skip
+    writer.start()
+    ramp = (np.arange(RATE * 10) % 20000 / 40000).astype(np.float32)  # sample i -> (i % 20000)/4e4
+    try:
+        for step in range(100):  # 10 s of stream: audio in 0.1 s blocks, one frame per block
+            t = step / 10
+            ring.write(ramp[step * 1600 : (step + 1) * 1600])
+            frames.write(np.full((48, 64, 3), step * 2, np.uint8), t)
+            if step == 20:
+                writer.offer(event("start", 2.5, 2.5))
+            if step == 70:
+                writer.offer(event("end", 2.5, 6.0))
+            time.sleep(0.01)
+        wait_for(lambda: clips, 20, "no clip")
+    finally:
+        writer.stop(10)
+    _, clip = clips[0]
+    assert clip["start_s"] == 1.5
+    assert clip["end_s"] == 6.5
+    audio, rate = soundfile.read(clip["audio"]["path"], dtype="float32")
+    assert rate == RATE
+    assert len(audio) == 5 * RATE == clip["audio"]["duration_s"] * RATE
+    np.testing.assert_allclose(audio, ramp[int(1.5 * RATE) : int(6.5 * RATE)], atol=1 / 32768)
+    mp4 = Path(clip["video"]["path"])
+    decodes(mp4)
+    assert ffprobe(mp4, "stream=codec_name,nb_read_frames") == "h264,50"
+    assert clip["video"]["duration_s"] == 5.0
+    assert float(ffprobe(mp4, "format=duration", "")) == 5.0
+    assert clip["video"]["sha256"] == hashlib.sha256(mp4.read_bytes()).hexdigest()
+    assert writer.stats.written == 1
+    assert writer.stats.lost_samples == 0
+
+
+def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    writer = ClipWriter(ClipsConfig(queue=2), tmp_path, lambda e, c: None, audio=AudioRing(RATE))
+    for _ in range(5):  # the writer thread is not started: nothing is taken off the queue
+        writer.offer(event("start", 0, 0))
+    writer.offer(event("update", 0, 0))  # updates never take a slot
+    assert writer.stats.dropped == 3
+    assert writer.health()["clips_queue"] == 2
+
+
+def test_prune_by_retention_then_quota(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    ages_days = {"a": 20, "b": 10, "c": 5, "d": 1, "e": 0}
+    for name, days in ages_days.items():
+        path = tmp_path / f"{name}.wav"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - days * 86400, now - days * 86400))
+    gone = prune(tmp_path, quota_bytes=1e9, retention_s=14 * 86400, now=now)
+    assert [p.name for p in gone] == ["a.wav"]
+    keep = frozenset({tmp_path / "b.wav"})  # a clip being written stays whatever its age
+    gone = prune(tmp_path, quota_bytes=2500, retention_s=14 * 86400, now=now, keep=keep)
+    assert [p.name for p in gone] == ["c.wav", "d.wav"]  # oldest first until 2 files remain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.wav", "e.wav"]
+
+
+def run_daemon(tmp_path: Path, audio: str, video: str, timeout: float = 90) -> list[dict[str, Any]]:
+    tmp_path.mkdir(exist_ok=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"models: {{dir: {require_models()}}}\nstorage: {{dir: {tmp_path}}}\n"
+        f"audio: {{source: '{audio}'}}\n"
+        f"video: {{source: '{video}', clips: {{pre_s: 2, post_s: 1.5}}, "
+        "fusion: {window_s: 10}}\n"
+        "mqtt: {host: 127.0.0.1, port: 9}\n"
+    )
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/safeguard"), "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        return [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox ORDER BY id")]
+
+
+def clip_updates(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each event's clip update: after its end, sharing its event id, carrying `clip`."""
+    starts = {a["event_id"]: a for a in alerts if a["event"] == "start"}
+    ends = {a["event_id"]: a for a in alerts if a["event"] == "end"}
+    updates = [a for a in alerts if "clip" in a]
+    assert updates, alerts
+    assert len(updates) == len(ends), alerts
+    for update in updates:
+        assert update["event"] == "update"
+        start, end = starts[update["event_id"]], ends[update["event_id"]]
+        assert start["id"] < end["id"] < update["id"]  # no alert waited for the clip
+        assert update["clip"]["start_s"] == round(max(0.0, start["stream_start_s"] - 2), 3)
+    return updates
+
+
+def check_wav(ref: dict[str, Any], clip: dict[str, Any]) -> None:
+    path = Path(ref["path"])
+    info = soundfile.info(path)
+    assert info.samplerate == RATE
+    assert info.frames == round(ref["duration_s"] * RATE)
+    assert abs(clip["start_s"] + ref["duration_s"] - clip["end_s"]) < 1e-3
+    assert ref["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert np.isfinite(soundfile.read(path)[0]).all()
+
+
+def test_daemon_writes_audio_clips_without_a_camera(tmp_path: Path) -> None:
+    wav = scene(tmp_path)  # a gunshot at 3.0 s in 9 s of room noise
+    alerts = run_daemon(tmp_path / "state", f"file:{wav}", "none")
+    for update in clip_updates(alerts):
+        clip = update["clip"]
+        assert "video" not in clip
+        check_wav(clip["audio"], clip)
+        assert 1.5 < clip["audio"]["duration_s"] < 9.0
+
+
+def test_daemon_writes_wav_and_mp4_clips_for_a_fight_with_a_scream(tmp_path: Path) -> None:
+    dev, audio = require_shared(VIDEO_DEV), require_shared(AUDIO_DEV)
+    scream = next(
+        audio / line.split(",")[0]
+        for line in (audio / "labels.csv").read_text().splitlines()
+        if line.split(",")[1] == "scream"
+    )
+    muxed = tmp_path / "fight_scream.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(dev / "clips" / "fi001.mp4"),
+         "-i", str(scream), "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:v", "copy",
+         "-c:a", "aac", "-t", "11", str(muxed)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    alerts = run_daemon(tmp_path / "state", f"file:{muxed}", f"file:{muxed}")
+    updates = clip_updates(alerts)
+    assert {u["category"] for u in updates} >= {"scream", "violence"}
+    for update in updates:
+        clip = update["clip"]
+        check_wav(clip["audio"], clip)
+        mp4 = Path(clip["video"]["path"])
+        decodes(mp4)
+        frames = int(ffprobe(mp4, "stream=nb_read_frames"))
+        assert frames == round(clip["video"]["duration_s"] * 15)  # video.max_fps
+        assert abs(float(ffprobe(mp4, "format=duration", "")) - clip["video"]["duration_s"]) < 0.07
+        assert abs(clip["video"]["duration_s"] - clip["audio"]["duration_s"]) <= 1 / 15 + 1e-3
+        assert clip["video"]["sha256"] == hashlib.sha256(mp4.read_bytes()).hexdigest()
+
+
+def test_daemon_without_audio_stops_when_its_file_camera_ends(tmp_path: Path) -> None:
+    """`audio: none` with a `file:` camera: MP4-only clips, and the daemon ends with the file."""
+    fight = tmp_path / "fight.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i",
+         str(require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"), "-an", "-c:v", "copy", "-t", "7",
+         str(fight)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    began = time.monotonic()
+    alerts = run_daemon(tmp_path / "state", "none", f"file:{fight}", timeout=60)
+    assert time.monotonic() - began < 45  # it stopped by itself (the file is 7 s)
+    updates = clip_updates(alerts)
+    assert {u["category"] for u in updates} == {"violence"}
+    for update in updates:
+        clip = update["clip"]
+        assert "audio" not in clip
+        mp4 = Path(clip["video"]["path"])
+        decodes(mp4)
+        assert int(ffprobe(mp4, "stream=nb_read_frames")) == round(clip["video"]["duration_s"] * 15)

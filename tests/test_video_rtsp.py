@@ -1,0 +1,168 @@
+"""A loopback RTSP camera: ffmpeg pushes a dev clip (H.264 over RTP) to a local RTSP server
+(GStreamer's gst-rtsp-server, Debian's `gir1.2-gst-rtsp-server-1.0` with `python3-gi`,
+run by Debian's /usr/bin/python3), and `CameraSource` pulls it over RTSP/TCP as the daemon
+does. The stream is dropped twice: the pusher stops and comes back (the server stays), and
+the whole server goes away and comes back on the same port. Capture must resume each time.
+
+ffmpeg alone cannot be the server: `-rtsp_flags listen` only accepts a pushing client, it
+does not serve a player.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.camera import CameraSource, FrameRing
+from tests.helpers import VIDEO_DEV, free_port, require_shared, wait_port
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+SERVER = """
+import signal, sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+
+port, rtp_port = sys.argv[1], int(sys.argv[2])
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(port)
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(
+    f"( udpsrc address=127.0.0.1 port={rtp_port} caps=\\"application/x-rtp,media=video,"
+    "clock-rate=90000,encoding-name=H264,payload=96\\" ! rtpjitterbuffer latency=100 "
+    "! rtph264depay ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )"
+)
+factory.set_shared(True)
+server.get_mount_points().add_factory("/cam", factory)
+server.attach(None)
+loop = GLib.MainLoop()
+GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, loop.quit)
+print("ready", flush=True)
+loop.run()
+"""
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class Loopback:
+    """The RTSP server and the ffmpeg pusher, each of which a test may stop and restart."""
+
+    def __init__(self, workdir: Path, clip: Path) -> None:
+        self.script = workdir / "rtsp_server.py"
+        self.script.write_text(SERVER)
+        self.clip = clip
+        self.port, self.rtp_port = free_port(), free_port()
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
+        self.server: subprocess.Popen[bytes] | None = None
+        self.pusher: subprocess.Popen[bytes] | None = None
+
+    def start_server(self) -> None:
+        self.server = subprocess.Popen(
+            [SYSTEM_PYTHON, str(self.script), str(self.port), str(self.rtp_port)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_port(self.port, timeout=15)
+
+    def start_pusher(self) -> None:
+        self.pusher = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an",
+             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+             "-x264-params", "keyint=10:repeat-headers=1", "-f", "rtp",
+             f"rtp://127.0.0.1:{self.rtp_port}?pkt_size=1200"],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            stop(self.server)
+            self.server = None
+
+    def stop_pusher(self) -> None:
+        if self.pusher is not None:
+            stop(self.pusher)
+            self.pusher = None
+
+
+@pytest.fixture
+def loopback(tmp_path: Path) -> Iterator[Loopback]:
+    if not Path(SYSTEM_PYTHON).is_file():
+        pytest.fail(f"{SYSTEM_PYTHON} is missing: install python3-gi (scripts/apt-packages.txt)")
+    check = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if check.returncode != 0:
+        pytest.fail(
+            "GStreamer's RTSP server is missing: install gir1.2-gst-rtsp-server-1.0 and the "
+            f"GStreamer plugins listed in scripts/apt-packages.txt ({check.stderr.strip()})",
+            pytrace=False,
+        )
+    clip = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
+    rig = Loopback(tmp_path, clip)
+    rig.start_server()
+    rig.start_pusher()
+    yield rig
+    rig.stop_pusher()
+    rig.stop_server()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    began = time.monotonic()
+    while not predicate():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"{what} after {timeout} s")
+        time.sleep(0.1)
+    return time.monotonic() - began
+
+
+def test_rtsp_camera_reconnects_and_resumes(loopback: Loopback) -> None:
+    ring = FrameRing(60, (240, 320, 3))
+    camera = CameraSource(loopback.url, ring, 320, max_fps=15, transport="tcp", retry_max_s=2)
+    stats = camera.stats
+    camera.start()
+    try:
+        wait_until(lambda: stats.frames >= 20, 30, "no frames over RTSP")
+        assert stats.state == "running"
+        latest = ring.latest()
+        assert latest is not None
+        assert latest[2].shape == (240, 320, 3)
+        assert latest[2].std() > 5  # a picture, not a blank frame
+
+        # 1. the camera's encoder goes away for 3 s; the RTSP server stays up
+        loopback.stop_pusher()
+        time.sleep(3)
+        frames = stats.frames
+        loopback.start_pusher()
+        wait_until(lambda: stats.frames >= frames + 20, 40, "frames did not resume")
+
+        # 2. the whole RTSP server goes away (the connection drops) and comes back
+        reopens = stats.reopens
+        loopback.stop_server()
+        wait_until(lambda: stats.state == "retrying", 20, "the drop was not noticed")
+        time.sleep(2)  # reconnect attempts fail while it is away
+        frames = stats.frames
+        loopback.stop_pusher()
+        loopback.start_server()
+        loopback.start_pusher()
+        waited = wait_until(lambda: stats.frames >= frames + 20, 40, "no reconnect")
+        assert stats.reopens > reopens
+        assert stats.state == "running"
+        assert waited < 40
+    finally:
+        camera.stop(timeout=10)
+    assert camera.ended.is_set()
+    assert stats.state == "stopped"
