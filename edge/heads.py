@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ConfigError
+from models_tflite import HEADS
 
-HEADS_DIR = Path(__file__).resolve().parent.parent / "models_tflite" / "heads"
+HEADS_DIR = HEADS  # installed with the package (models_tflite/heads)
 EMBEDDING_SIZE = 1024
 F32 = npt.NDArray[np.float32]
 KEYS = ("weights", "bias", "mean", "scale", "score_classes", "calibration", "threshold")
