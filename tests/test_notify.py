@@ -170,7 +170,7 @@ system: {{stall_s: 2}}
         stalled = sink.wait_for("STATUS=stalled", timeout=15)
         reason = next(line for line in stalled if line.startswith("STATUS=stalled"))
         capture_idle = float(reason.split("capture idle ")[1].split(" s")[0])
-        assert capture_idle > 2.0, reason  # the audio server hangs, so capture is idle
+        assert capture_idle >= 2.0, reason  # stall_s is 2 s; the status rounds to 0.1 s
         silent = sink.collect(3.0)
         assert "WATCHDOG=1" not in silent, silent
         pulse.proc.send_signal(signal.SIGCONT)
