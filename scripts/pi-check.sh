@@ -7,6 +7,15 @@
 #   PI_CHECK_DIR=/var/tmp/safeguard-pi-check  the work folder; the base root is cached there
 #   PI_CHECK_MODELS=../shared/models          the model mirror
 #   PI_CHECK_CLIP=<a dev clip>                the clip to analyse
+#   PI_CHECK_EXPECT=gunshot                   the category analyze must find in it
+#   PI_CHECK_PIP=pip                          whose `pip config list` is passed into the root
+#
+# For the duration of the check the root gets this machine's package-client settings: the CA
+# bundle pip trusts here (for a TLS-inspecting proxy) and the index, find-links and timeout
+# settings of `pip config list`, written to the root's /etc/pip.conf; local find-links folders
+# and file:// indexes (with the folder around them) are bind-mounted read-only at the same path.
+# They are removed when the check ends. apt downloads are cached in $PI_CHECK_DIR/cache/apt.
+# The root itself is kept for inspection and thrown away at the next run.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,27 +53,89 @@ if [ ! -x "$BASE/usr/bin/python3" ]; then
   mv "$BASE.tmp" "$BASE"
 fi
 
+# Everything mounted below the root, deepest first.
+root_mounts() { awk -v root="$ROOTFS/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r; }
 cleanup() {
-  for mount in proc sys dev/pts dev mnt/models mnt/clips; do
-    mountpoint -q "$ROOTFS/$mount" && umount -l "$ROOTFS/$mount"
-  done
+  local mount
+  rm -f "$ROOTFS/etc/pip.conf" "$ROOTFS/etc/ssl/certs/pi-check-host-ca.crt"
+  for mount in $(root_mounts); do umount -l "$mount" 2>/dev/null || true; done
   return 0
 }
 trap cleanup EXIT
 
+# Bind-mounts a host path at the same path inside the root, read-only.
+bind_ro() {
+  local target=$ROOTFS$1
+  if [ -d "$1" ]; then mkdir -p "$target"; else mkdir -p "$(dirname "$target")" && touch "$target"; fi
+  mount --bind "$1" "$target"
+  mount -o remount,bind,ro "$target"
+}
+
+# The host's pip settings (`pip config list`; environment over config files) as the root's
+# /etc/pip.conf, with the CA bundle copied in and local index folders bind-mounted.
+pass_pip_settings() {
+  local pip=${PI_CHECK_PIP:-pip} cert="" line key value item path kept
+  local -A conf=()
+  local listing=""
+  if command -v "$pip" >/dev/null; then  # files first, then the environment (which wins)
+    listing=$("$pip" config list 2>/dev/null || true)
+    listing=$(grep -v '^:env:' <<<"$listing"; grep '^:env:' <<<"$listing")
+  fi
+  while IFS= read -r line; do
+    [[ $line =~ ^([^=]*)\.([a-z-]+)=\'(.*)\'$ ]] || continue
+    key=${BASH_REMATCH[2]} value=${BASH_REMATCH[3]}
+    case "$key" in
+      cert) cert=$value ;;
+      index-url | extra-index-url | find-links | trusted-host | timeout | default-timeout | retries) conf[$key]=$value ;;
+    esac
+  done <<<"$listing"
+  [ -n "$cert" ] || cert=/etc/ssl/certs/ca-certificates.crt
+  {
+    echo "[global]"
+    if [ -f "$cert" ]; then
+      cp "$cert" "$ROOTFS/etc/ssl/certs/pi-check-host-ca.crt"
+      echo "cert = /etc/ssl/certs/pi-check-host-ca.crt"
+    fi
+    for key in "${!conf[@]}"; do
+      kept=()
+      for item in ${conf[$key]}; do
+        path=""
+        case "$item" in
+          file://*) path=${item#file://} ;;
+          /*) path=$item ;;
+        esac
+        if [ -n "$path" ]; then
+          [ -e "$path" ] || continue  # a local index this machine does not have
+          # A local index's pages link to files beside it (../../files/...): mount its parent.
+          [[ $item == file://* ]] && [ "$(dirname "${path%/}")" != / ] && path=$(dirname "${path%/}")
+          mountpoint -q "$ROOTFS$path" 2>/dev/null || bind_ro "$path"
+        fi
+        kept+=("$item")
+      done
+      if [ ${#kept[@]} -gt 0 ]; then echo "$key = ${kept[*]}"; fi
+    done
+  } >"$ROOTFS/etc/pip.conf"
+  sed 's/^/  pip.conf: /' "$ROOTFS/etc/pip.conf"
+}
+
 step "a fresh root from the cached base"
 cleanup
-rm -rf "$ROOTFS"
+[ -z "$(root_mounts)" ] || die "cannot unmount everything below $ROOTFS"
+rm -rf --one-file-system "$ROOTFS"
 cp -a "$BASE" "$ROOTFS"
-mkdir -p "$ROOTFS/mnt/models" "$ROOTFS/mnt/clips" "$ROOTFS/usr/src/safeguard"
+mkdir -p "$ROOTFS/mnt/models" "$ROOTFS/mnt/clips" "$ROOTFS/usr/src/safeguard" \
+  "$WORK/cache/apt" "$ROOTFS/var/cache/apt/archives"
 mount -t proc proc "$ROOTFS/proc"
 mount --rbind /sys "$ROOTFS/sys"
 mount --rbind /dev "$ROOTFS/dev"
 mount --bind "$MODELS" "$ROOTFS/mnt/models"
 mount --bind "$(dirname "$CLIP")" "$ROOTFS/mnt/clips"
+mount --bind "$WORK/cache/apt" "$ROOTFS/var/cache/apt/archives"
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
 (cd "$SRC" && tar --exclude=./.venv --exclude=./var --exclude=./.git --exclude=./build \
   --exclude='*.egg-info' --exclude='__pycache__' -cf - .) | tar -C "$ROOTFS/usr/src/safeguard" -xf -
+step "package-client settings of this machine, for the duration of the check"
+pass_pip_settings
 
 in_root() { chroot "$ROOTFS" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
 arch=$(in_root uname -m)
@@ -76,10 +147,18 @@ in_root /usr/src/safeguard/install.sh --models-from /mnt/models ||
   die "install.sh failed inside the arm64 root (after $(($(date +%s) - began)) s)"
 
 step "safeguard analyze $(basename "$CLIP") (inside the arm64 root)"
+# Without the host's /sys: under qemu-user, the CPU probe of the TFLite XNNPACK delegate
+# (cpuinfo) reads this x86 machine's CPU topology there and crashes (SIGSEGV); without it, it
+# falls back to defaults. On a real board /sys describes the board's own CPU.
+umount -l "$ROOTFS/sys"
 out=$(in_root /opt/safeguard/venv/bin/safeguard analyze --json \
   --config /etc/safeguard/config.yaml "/mnt/clips/$(basename "$CLIP")") ||
   die "safeguard analyze failed inside the arm64 root"
 printf '%s\n' "$out"
 [ -n "$out" ] || die "analyze found no event in $(basename "$CLIP")"
+categories=$(python3 -c 'import json, sys; print(" ".join(json.loads(l)["category"] for l in sys.stdin if l.strip()))' <<<"$out") ||
+  die "analyze printed something other than JSON events"
+[[ " $categories " == *" ${PI_CHECK_EXPECT:-gunshot} "* ]] ||
+  die "analyze found [$categories] in $(basename "$CLIP"), not ${PI_CHECK_EXPECT:-gunshot}"
 
-step "passed: install.sh and analyze on arm64 Debian bookworm under qemu"
+step "passed: install.sh and analyze ($categories) on arm64 Debian bookworm under qemu, $(($(date +%s) - began)) s"
