@@ -23,7 +23,7 @@ from edge.clips import Clip, ClipSink, ClipWriter
 from edge.config import Config
 from edge.delivery import DeliveryService
 from edge.detector import RATE, Detector
-from edge.events import Event, EventSink
+from edge.events import Event, EventSink, deliver
 from edge.frontend import PATCH_SAMPLES
 from edge.health import DeviceHealth
 from edge.notify import Notifier, PipelineWatch, Progress
@@ -73,15 +73,8 @@ class InferenceWorker:
         self._thread.join(timeout)
 
     def _deliver(self, events: list[Event]) -> None:
-        for event in events:
-            self.events += 1
-            try:
-                self.sink.submit(event)
-            except Exception:  # the sink logs what failed; the pipeline must go on
-                self.errors += 1
-                log.exception("could not store a %s %s event", event.category, event.phase)
-            if self.on_event is not None:
-                self.on_event(event)
+        self.events += len(events)
+        self.errors += deliver(events, self.sink, self.on_event)
 
     def _run(self) -> None:
         stats = self.detector.stats

@@ -6,8 +6,12 @@ alert and makes it durable before `submit` returns (see `edge.outbox`).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 Phase = Literal["start", "update", "end"]
 Severity = Literal["info", "warning", "critical"]
@@ -36,3 +40,22 @@ class EventSink(Protocol):
     """Where detectors put events. `submit` must be quick and durable."""
 
     def submit(self, event: Event) -> None: ...
+
+
+def deliver(
+    events: Iterable[Event], sink: EventSink, on_event: Callable[[Event], None] | None = None
+) -> int:
+    """Hand each event to the sink, then to `on_event`; returns how many the sink refused.
+
+    A refused event is logged with its traceback; the pipeline that calls this goes on.
+    """
+    refused = 0
+    for event in events:
+        try:
+            sink.submit(event)
+        except Exception:  # the sink says what failed; capture and inference must go on
+            refused += 1
+            log.exception("could not store a %s %s event", event.category, event.phase)
+        if on_event is not None:
+            on_event(event)
+    return refused

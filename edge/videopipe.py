@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge.analyze import EventRecord
 from edge.camera import CameraSource, FrameRing, file_frames
-from edge.events import Event, EventSink
+from edge.events import Event, EventSink, deliver
 from edge.models import load_manifest, verify
 from edge.video import Backbone, VideoAnalyzer, load_video_head
 from edge.videoconfig import VideoConfig
@@ -131,14 +131,8 @@ class VideoWorker:
         self._thread.join(timeout)
 
     def _deliver(self, events: list[Event]) -> None:
-        for event in events:
-            self.events += 1
-            try:
-                self.sink.submit(event)
-            except Exception:  # the sink logs what failed; the pipeline must go on
-                log.exception("could not store a violence %s event", event.phase)
-            if self.on_event is not None:
-                self.on_event(event)
+        self.events += len(events)
+        deliver(events, self.sink, self.on_event)
 
     def _run(self) -> None:
         period = 1.0 / self.video.fps
