@@ -41,10 +41,12 @@ from bench.peers import (
     load_audio,
     recording_group,
 )
+from converter.cli import snr_range
 from converter.train_head import ClipWindows, Example, extract, fit_head, origins
-from edge.analyze import analyze_audio
+from edge.analyze import analyze_audio, window_ends
 from edge.categories import DEFAULT_CATEGORIES, CategoryConfig
 from edge.detector import Detector
+from edge.frontend import PATCH_SAMPLES
 from edge.heads import save_head
 from edge.yamnet import Variant, Yamnet, labels_from_class_map, labels_from_model
 
@@ -56,6 +58,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Audio quality"
 SR = 16000
 TRAIN_HOP_S = 0.25
+DEFAULT_SNR = (0.0, 20.0)
 Runs = list[tuple[list[tuple[str, float, float]], list[Detection], float]]
 
 
@@ -68,11 +71,16 @@ def load_model(models: Path, variant: Variant) -> Yamnet:
 
 
 def training_clips(
-    examples: list[Example], models: Path, variant: Variant, augment: int
+    examples: list[Example],
+    models: Path,
+    variant: Variant,
+    augment: int,
+    snr_db: tuple[float, float] = DEFAULT_SNR,
 ) -> list[ClipWindows]:
     """Training windows of every clip (and `augment` noise-mixed copies of each threat
-    clip), cached under bench/cache/ since extraction is the slow part."""
-    path = CACHE / f"train_{variant}_aug{augment}_{len(examples)}.npz"
+    clip at an SNR from `snr_db`), cached under bench/cache/ since extraction is slow."""
+    snr = "" if snr_db == DEFAULT_SNR else f"_snr{snr_db[0]:g}_{snr_db[1]:g}"
+    path = CACHE / f"train_{variant}_aug{augment}{snr}_{len(examples)}.npz"
     if path.exists():
         with np.load(path) as data:
             arrays = {k: data[k] for k in ("lengths", "sources", "scores", "embeddings", "levels")}
@@ -84,7 +92,13 @@ def training_clips(
         ]
     log.info("extracting training windows (%s, %d augmented copies)", variant, augment)
     clips = extract(
-        examples, models, variant, TRAIN_HOP_S, augment=augment, augment_categories=CATEGORIES
+        examples,
+        models,
+        variant,
+        TRAIN_HOP_S,
+        augment=augment,
+        augment_categories=CATEGORIES,
+        snr_db=snr_db,
     )
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -104,8 +118,11 @@ def with_heads(
     train: set[int],
     folder: Path,
     categories: Mapping[str, CategoryConfig] = DEFAULT_CATEGORIES,
+    *,
+    negatives: Sequence[ClipWindows] = (),
 ) -> dict[str, CategoryConfig]:
-    """`categories` with each head retrained on the clips in `train` (and their copies)."""
+    """`categories` with each head retrained on the clips in `train` (and their copies),
+    plus `negatives` (background stretches, negative for every category)."""
     keep = [c for c, o in zip(clips, origins(clips), strict=True) if int(o) in train]
     order = sorted(train)
     remap = {old: new for new, old in enumerate(order)}
@@ -121,10 +138,46 @@ def with_heads(
         if cfg.head is None or cfg.combine == "rule":
             out[name] = cfg
             continue
-        positive = np.array([truth[i] == name for i in order])
+        positive = np.array([truth[i] == name for i in order] + [False] * len(negatives))
         path = folder / f"{name}.npz"
-        save_head(path, fit_head([*originals, *copies], positive))
+        save_head(path, fit_head([*originals, *negatives, *copies], positive))
         out[name] = cfg.model_copy(update={"head": str(path)})
+    return out
+
+
+def background_windows(
+    model: Yamnet,
+    audio: np.ndarray,
+    events: Sequence[tuple[str, float, float]],
+    hop: int,
+    *,
+    margin_s: float = 2.0,
+    piece_s: float = 10.0,
+) -> list[ClipWindows]:
+    """A stream's windows (as `analyze_audio` cuts them) that end at least `margin_s` away
+    from every labelled event, as pseudo-clips of at most `piece_s` (hard negatives)."""
+    ends = window_ends(len(audio), hop)
+    padded = np.zeros(ends[-1], np.float32)
+    padded[: len(audio)] = audio
+    t = np.array(ends) / SR
+    clear = np.ones(len(ends), bool)
+    for _, start, end in events:
+        clear &= (t < start - margin_s) | (t - PATCH_SAMPLES / SR > end + margin_s)
+    keep = [i for i in np.flatnonzero(clear) if np.any(padded[ends[i] - PATCH_SAMPLES : ends[i]])]
+    per_piece = max(1, round(piece_s * SR / hop))
+    out = []
+    for a in range(0, len(keep), per_piece):
+        chosen = keep[a : a + per_piece]
+        windows = [
+            model.classify(padded[ends[i] - PATCH_SAMPLES : ends[i]], ends[i]) for i in chosen
+        ]
+        out.append(
+            ClipWindows(
+                np.stack([w.scores for w in windows]),
+                np.stack([w.embedding for w in windows]),
+                np.zeros(len(windows), np.float32),
+            )
+        )
     return out
 
 
@@ -155,7 +208,7 @@ def ours(
     files, truth, audios, groups = data
     model = load_model(args.models, variant)
     examples = [Example(args.data / f, t, g) for f, t, g in zip(files, truth, groups, strict=True)]
-    clips = training_clips(examples, args.models, variant, args.augment)
+    clips = training_clips(examples, args.models, variant, args.augment, args.snr)
     hop = round(hop_s * SR)
     flags: dict[int, set[str]] = {}
     splitter = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
@@ -169,11 +222,16 @@ def ours(
             log.info("none clip flagged %s: %s", sorted(flags[i]), files[i])
     sources = {e for evs in _read_events(args.data).values() for e in (x[3] for x in evs)}
     train = {i for i, f in enumerate(files) if not any(_source_matches(s, f) for s in sources)}
-    categories = with_heads(
-        clips, truth, train, CACHE / "heads" / f"{variant}_streams", args.categories
-    )
+    background = {
+        name: background_windows(model, audio, events, hop) if args.stream_negatives else []
+        for name, (events, audio) in streams.items()
+    }
     runs: Runs = []
-    for events, audio in streams.values():
+    for name, (events, audio) in streams.items():
+        # cross-stream: a stream's heads never saw its own background
+        others = [c for other, cs in background.items() if other != name for c in cs]
+        folder = CACHE / "heads" / f"{variant}_streams_{Path(name).stem}"
+        categories = with_heads(clips, truth, train, folder, args.categories, negatives=others)
         records = analyze_audio(audio, Detector(model, categories), hop)
         detections = [
             Detection(r.category, r.start_s, r.end_s, r.alert_at_s, r.peak_score) for r in records
@@ -275,11 +333,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", type=int, default=2, help="noise-mixed copies per clip")
     parser.add_argument(
+        "--snr",
+        type=snr_range,
+        default=DEFAULT_SNR,
+        metavar="LOW,HIGH",
+        help="SNR range (dB) of the noise-mixed copies (default 0,20)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="CATEGORY.FIELD=VALUE",
         help="override a default category field, e.g. glass_break.smoothing.on=0.98",
+    )
+    parser.add_argument(
+        "--stream-negatives",
+        action="store_true",
+        help="train each stream's heads also on the other streams' background (outside "
+        "the labelled events) as hard negatives; a stream never trains its own heads",
     )
     parser.add_argument("--no-peers", action="store_true", help="only our detector")
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")

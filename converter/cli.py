@@ -19,6 +19,17 @@ from edge.errors import SafeguardError
 log = logging.getLogger(__name__)
 
 
+def snr_range(text: str) -> tuple[float, float]:
+    """`LOW,HIGH` in dB, LOW <= HIGH."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH (dB)") from None
+    if low > high:
+        raise argparse.ArgumentTypeError(f"{text!r}: LOW is above HIGH")
+    return low, high
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeguard-convert", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
@@ -55,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         "--augment",
         type=int,
         default=0,
-        help="also mix each positive clip N times into other clips at 0-20 dB SNR",
+        help="also mix each positive clip N times into other clips at an SNR from --snr",
+    )
+    head.add_argument(
+        "--snr",
+        type=snr_range,
+        default=(0.0, 20.0),
+        metavar="LOW,HIGH",
+        help="SNR range (dB) of the noise-mixed copies, drawn uniformly (default 0,20)",
     )
     head.add_argument("--limit", type=int, default=0, help="use at most N clips per category")
     from converter import convert_cmd
@@ -115,6 +133,7 @@ def train_head_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _Progress("embeddings"),
         augment=args.augment,
         augment_categories={args.category},
+        snr_db=args.snr,
     )
     head, report = th.train_head(
         clips,
@@ -131,6 +150,7 @@ def train_head_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "variant": args.variant,
         "hop_s": args.hop,
         "augment": args.augment,
+        "snr_db": list(args.snr),
         "command": command,
     }
     metadata["data"] = str(args.data)
