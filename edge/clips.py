@@ -131,6 +131,14 @@ class AudioTrack:
             self._file.write(block)
             self.next += count
 
+    def set_end(self, end: int) -> None:
+        """The clip ends at sample `end`; what was already written past it is cut off."""
+        self.end = max(self.start, end)
+        if self.next > self.end:  # the end is decided after the sound: samples ran on
+            self._file.truncate(self.end - self.start)
+            self._file.seek(0, soundfile.SEEK_END)
+            self.next = self.end
+
     def done(self) -> bool:
         return self.end is not None and self.next >= self.end
 
@@ -208,7 +216,23 @@ class VideoTrack:
         _, err = self._proc.communicate(timeout=timeout)
         if self._proc.returncode != 0 or self.written == 0:
             raise OSError(f"ffmpeg failed ({self._proc.returncode}): {err.decode()[-300:]}")
+        if self.count is not None and 0 < self.count < self.written:
+            self._trim(self.count, timeout)  # the end was decided after frames ran on
         return self.written / self.fps
+
+    def _trim(self, count: int, timeout: float) -> None:
+        """Keep the first `count` frames: a stream copy, exact at the end of an H.264 stream."""
+        trimmed = self.path.with_suffix(".trim.mp4")
+        done = subprocess.run(
+            [shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-y", "-i", str(self.path),
+             "-frames:v", str(count), "-c", "copy", "-movflags", "+faststart", str(trimmed)],
+            capture_output=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            trimmed.unlink(missing_ok=True)
+            raise OSError(f"ffmpeg could not trim the clip: {done.stderr.decode()[-300:]}")
+        trimmed.replace(self.path)
+        self.written = count
 
     def kill(self) -> None:
         self._proc.kill()
@@ -314,7 +338,7 @@ class ClipWriter:
         job.event = event
         t1 = event.end_s + self.config.post_s
         if job.audio is not None:
-            job.audio.end = max(job.audio.start, round(t1 * RATE))
+            job.audio.set_end(round(t1 * RATE))
         if job.video is not None:
             job.video.set_end(t1)
         job.deadline = time.monotonic() + self.config.post_s + GRACE_S
