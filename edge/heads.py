@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,17 +110,25 @@ def save_head(path: Path, head: Head) -> None:
         )
 
 
-def load_head(path: Path, classes: int = 521, key: str = "head") -> Head:
-    """Reads a head file; a ConfigError naming `key` if it is missing or malformed."""
+def read_npz(
+    path: Path, keys: Sequence[str], key: str, what: str = "head file"
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+    """The arrays `keys` and the JSON metadata of a head `.npz`; ConfigError naming `key`."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in KEYS if k not in data]
+            missing = [k for k in keys if k not in data]
             if missing:
-                raise ConfigError(f"{key}: {path} is not a head file (no {', '.join(missing)})")
-            arrays = {k: np.asarray(data[k]) for k in KEYS}
+                raise ConfigError(f"{key}: {path} is not a {what} (no {', '.join(missing)})")
+            arrays = {k: np.asarray(data[k]) for k in keys}
             meta = json.loads(str(data["metadata"])) if "metadata" in data else {}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{key}: cannot read head file {path}: {exc}") from None
+        raise ConfigError(f"{key}: cannot read {what} {path}: {exc}") from None
+    return arrays, meta
+
+
+def load_head(path: Path, classes: int = 521, key: str = "head") -> Head:
+    """Reads a head file; a ConfigError naming `key` if it is missing or malformed."""
+    arrays, meta = read_npz(path, KEYS, key)
     score_classes = arrays["score_classes"].astype(np.intp).reshape(-1)
     inputs = EMBEDDING_SIZE + len(score_classes)
     shapes_ok = all(arrays[k].shape == (inputs,) for k in ("weights", "mean", "scale"))

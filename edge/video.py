@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy.typing as npt
 from edge.backend import TFLiteModel
 from edge.errors import ConfigError
 from edge.events import Event, Severity
+from edge.heads import read_npz
 from edge.smoothing import Smoother, SmoothingConfig
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,7 @@ def save_video_head(path: Path, head: VideoHead) -> None:
 
 
 def load_video_head(path: Path, key: str = "video.head") -> VideoHead:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in HEAD_KEYS if k not in data]
-            if missing:
-                raise ConfigError(f"{key}: {path} is not a video head (no {', '.join(missing)})")
-            arrays = {k: np.asarray(data[k]) for k in HEAD_KEYS}
-            meta = json.loads(str(data["metadata"])) if "metadata" in data else {}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{key}: cannot read video head {path}: {exc}") from None
+    arrays, meta = read_npz(path, HEAD_KEYS, key, "video head")
     if not arrays["weights"].shape == arrays["mean"].shape == arrays["scale"].shape:
         raise ConfigError(f"{key}: {path} has inconsistent shapes")
     scale = arrays["scale"].astype(np.float32)
