@@ -145,7 +145,7 @@ class DeliveryService:
         self._stop.set()
         self.outbox.changed.set()
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic() - 1.0))
+            thread.join(max(0.0, (deadline - time.monotonic()) / 2))  # half for the link
             if thread.is_alive():
                 log.warning("delivery thread %s did not stop in time", thread.name)
         self.link.stop(max(0.5, deadline - time.monotonic()))
