@@ -303,3 +303,22 @@ class DeviceClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def fight_with_scream(folder: Path, seconds: float) -> Path:
+    """A dev fight clip (looped) whose audio track is a dev scream, `seconds` long (MP4)."""
+    video = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
+    audio = require_shared(AUDIO_DEV)
+    scream = next(
+        audio / line.split(",")[0]
+        for line in (audio / "labels.csv").read_text().splitlines()
+        if line.split(",")[1] == "scream"
+    )
+    muxed = folder / "fight_scream.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(video), "-i", str(scream),
+         "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:v", "copy", "-c:a", "aac",
+         "-t", f"{seconds:g}", str(muxed)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return muxed

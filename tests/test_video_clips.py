@@ -21,7 +21,13 @@ from edge.clips import RATE, ClipWriter, prune
 from edge.events import Event
 from edge.ring import AudioRing
 from edge.videoconfig import ClipsConfig
-from tests.helpers import AUDIO_DEV, ROOT, VIDEO_DEV, require_models, require_shared
+from tests.helpers import (
+    ROOT,
+    VIDEO_DEV,
+    fight_with_scream,
+    require_models,
+    require_shared,
+)
 from tests.test_cli_audio import scene
 
 
@@ -190,19 +196,7 @@ def test_daemon_writes_audio_clips_without_a_camera(tmp_path: Path) -> None:
 
 
 def test_daemon_writes_wav_and_mp4_clips_for_a_fight_with_a_scream(tmp_path: Path) -> None:
-    dev, audio = require_shared(VIDEO_DEV), require_shared(AUDIO_DEV)
-    scream = next(
-        audio / line.split(",")[0]
-        for line in (audio / "labels.csv").read_text().splitlines()
-        if line.split(",")[1] == "scream"
-    )
-    muxed = tmp_path / "fight_scream.mp4"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(dev / "clips" / "fi001.mp4"),
-         "-i", str(scream), "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:v", "copy",
-         "-c:a", "aac", "-t", "11", str(muxed)],
-        check=True, timeout=60,
-    )  # fmt: skip
+    muxed = fight_with_scream(tmp_path, 11)
     alerts = run_daemon(tmp_path / "state", f"file:{muxed}", f"file:{muxed}")
     updates = clip_updates(alerts)
     assert {u["category"] for u in updates} >= {"scream", "violence"}

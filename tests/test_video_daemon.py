@@ -10,7 +10,11 @@ from pathlib import Path
 
 from edge.events import Event
 from edge.fusion import FusionSink
-from tests.helpers import AUDIO_DEV, ROOT, VIDEO_DEV, require_models, require_shared
+from tests.helpers import (
+    ROOT,
+    fight_with_scream,
+    require_models,
+)
 
 
 class Collect:
@@ -59,20 +63,8 @@ def test_fusion_raises_severity_only_when_modalities_overlap() -> None:
 
 
 def test_daemon_fuses_a_fight_with_a_scream_from_one_file(tmp_path: Path) -> None:
-    dev, audio = require_shared(VIDEO_DEV), require_shared(AUDIO_DEV)
     models = require_models()
-    fight = dev / "clips" / "fi001.mp4"
-    scream = next(
-        audio / line.split(",")[0]
-        for line in (audio / "labels.csv").read_text().splitlines()
-        if line.split(",")[1] == "scream"
-    )
-    muxed = tmp_path / "fight_scream.mp4"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-stream_loop", "2", "-i", str(fight), "-i", str(scream),
-         "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-t", "6", str(muxed)],
-        check=True, timeout=60,
-    )  # fmt: skip
+    muxed = fight_with_scream(tmp_path, 6)
     config = tmp_path / "config.yaml"
     config.write_text(
         f"models: {{dir: {models}}}\nstorage: {{dir: {tmp_path}}}\n"
