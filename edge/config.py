@@ -17,6 +17,7 @@ from edge.delivery import AlertsConfig
 from edge.errors import ConfigError
 from edge.health import SystemConfig
 from edge.mqtt import MqttConfig
+from edge.upload import ListenerConfig
 from edge.videoconfig import VideoConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
@@ -142,6 +143,10 @@ class Config(BaseModel):
     alerts: AlertsConfig = Field(
         default_factory=lambda: AlertsConfig.model_validate({}),
         description="Delivery: acknowledgements, fallback channels (SMS, e-mail, voice), outbox.",
+    )
+    listener: ListenerConfig = Field(
+        default_factory=lambda: ListenerConfig.model_validate({}),
+        description="Clip upload to the listener's API, so the dashboard can play clips.",
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local state.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model files.")

@@ -23,6 +23,7 @@ from edge.clips import Clip, ClipSink, ClipWriter
 from edge.config import Config
 from edge.delivery import DeliveryService
 from edge.detector import RATE, Detector
+from edge.errors import DeliveryError
 from edge.events import Event, EventSink, deliver
 from edge.frontend import PATCH_SAMPLES
 from edge.health import DeviceHealth
@@ -30,6 +31,7 @@ from edge.notify import Notifier, PipelineWatch, Progress
 from edge.outbox import Outbox
 from edge.pipeline import build_detector, hop_samples
 from edge.ring import AudioRing, Overrun
+from edge.upload import Uploader
 
 if TYPE_CHECKING:
     from edge.preview import PreviewServer
@@ -113,6 +115,9 @@ class Daemon:
         self.sink: EventSink = self.outbox
         clips = config.video.clips  # audio-only devices too (video.source: none)
         self.clips: ClipWriter | None = None
+        self.uploads: Uploader | None = None
+        if config.listener.enabled:  # clip files to the listener's API (and what is pending)
+            self.uploads = Uploader(config.listener, config.storage.dir / "uploads.db")
         if clips.enabled:
             self.clips = ClipWriter(clips, config.storage.dir / "clips", self._on_clip)
             self.sink = ClipSink(self.outbox, self.clips)
@@ -168,7 +173,15 @@ class Daemon:
         """A written clip is announced as one more `update` of its (possibly ended) event."""
         now = time.time()
         at_s = event.at_s + (now - event.wall_at)
-        self.outbox.submit(replace(event, phase="update", at_s=at_s, wall_at=now), {"clip": clip})
+        update = replace(event, phase="update", at_s=at_s, wall_at=now)
+        alert = self.outbox.alert_for(update, {"clip": clip})
+        if self.uploads is not None:  # queued first: its upload waits for the alert if need be
+            try:
+                self.uploads.add(alert["id"], clip)
+            except DeliveryError as exc:  # the alert itself still goes out
+                log.error("clip of alert %s not queued for upload: %s", alert["id"], exc)
+        self.outbox.submit_alert(alert, event.key)
+        log.info("alert %s stored: %s clip update", alert["id"], event.category)
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -194,6 +207,7 @@ class Daemon:
             **self.device_health.sample(capture.samples if capture else 0),
             **(self.video.health() if self.video else {}),
             **(self.clips.health() if self.clips else {}),
+            **(self.uploads.health() if self.uploads else {}),
             "delivery": self.delivery.stats(),
         }
 
@@ -223,6 +237,8 @@ class Daemon:
             self.video.start()
         if self.clips is not None:
             self.clips.start()
+        if self.uploads is not None:
+            self.uploads.start()
         if self.preview is not None:
             self.preview.start()
         log.info(
@@ -246,6 +262,10 @@ class Daemon:
                 log.info("health %s", " ".join(f"{k}={v}" for k, v in health.items()))
         return self.shutdown()
 
+    def _undelivered(self) -> bool:
+        """Alerts without an ack, or clip uploads not done yet."""
+        return bool(self.outbox.depth() or (self.uploads is not None and self.uploads.pending()))
+
     def shutdown(self, drain_s: float = 0.0) -> int:
         """Stop everything; with `drain_s`, first wait that long at most for pending acks."""
         began = time.monotonic()
@@ -259,8 +279,10 @@ class Daemon:
             self.video.stop(timeout=1.0)
         if self.clips is not None:
             self.clips.stop(timeout=30.0)  # finishes the clips under way with the data held
-        while self.outbox.depth() and time.monotonic() - began < drain_s:
+        while self._undelivered() and time.monotonic() - began < drain_s:
             time.sleep(0.05)
+        if self.uploads is not None:
+            self.uploads.stop(timeout=2.0)  # what is pending stays queued for the next start
         self.delivery.stop(timeout=1.0)
         self.outbox.close()
         log.info("stopped in %.2f s", time.monotonic() - began)
