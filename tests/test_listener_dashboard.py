@@ -1,7 +1,9 @@
 """The dashboard in Debian's headless Chromium (Playwright), against the real listener process.
 
 An alert published on MQTT must appear on the open page within 1 s without a reload, and the
-page's Acknowledge button must change the alert in the API.
+page's Acknowledge button must change the alert in the API. A clip uploaded to an alert shows
+up on the open page and plays (WAV, and MP4 from the clip writer's own encoder), and the
+page's Resolve button changes the alert in the API.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from playwright.sync_api import BrowserContext, sync_playwright
+import soundfile
+from playwright.sync_api import BrowserContext, Page, sync_playwright
 
+from edge.clips import video_encoder
 from tests.helpers import DeviceClient, Mosquitto, free_port, make_alert, wait_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,6 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",  # a clip plays however slow its fetch was
 ]
 
 
@@ -137,3 +143,114 @@ def test_wrong_token_shows_the_login(listener: str, browser: BrowserContext) -> 
     page.wait_for_selector("#login:not([hidden])", timeout=5_000)
     assert page.inner_text("#login-error") == "Wrong token."
     assert page.locator("#main").is_hidden()
+
+
+def put_clip(base: str, alert_id: str, path: Path, content_type: str) -> None:
+    request = urllib.request.Request(
+        f"{base}/api/alerts/{alert_id}/clip",
+        data=path.read_bytes(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204
+
+
+def media_files(folder: Path) -> dict[str, Path]:
+    """A 3 s WAV (a tone, as the clip writer writes audio) and a 3 s MP4 made with the
+    encoder arguments the clip writer uses."""
+    wav = folder / "clip.wav"
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 16000)
+    soundfile.write(wav, tone, 16000, subtype="PCM_16")
+    encoder = video_encoder()
+    assert encoder is not None, "ffmpeg is missing: install the Debian package ffmpeg"
+    mp4 = folder / "clip.mp4"
+    subprocess.run(
+        [encoder[0], "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15",
+         "-t", "3", *encoder[1:], "-movflags", "+faststart", str(mp4)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return {"audio/wav": wav, "video/mp4": mp4}
+
+
+def played(page: Page, tag: str) -> dict[str, Any]:
+    """Wait until the player's <audio>/<video> has metadata or an error; its state."""
+    selector = f"#player-body {tag}"
+    page.wait_for_function(
+        f"() => {{ const m = document.querySelector('{selector}');"
+        " return m && (m.error || (m.readyState >= 1 && m.currentTime > 0)); }",
+        timeout=20_000,
+    )
+    state: dict[str, Any] = page.eval_on_selector(
+        selector,
+        "m => ({ready: m.readyState, error: m.error && m.error.code, duration: m.duration,"
+        " src: m.src, visible: !document.getElementById('player').hidden})",
+    )
+    return state
+
+
+def test_clip_plays_and_resolve_updates_the_api(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    device = DeviceClient(mosquitto.port)
+    alerts = {kind: make_alert("porch-pi", category="scream", event="update") for kind in
+              ("audio/wav", "video/mp4")}  # fmt: skip
+    for alert in alerts.values():
+        device.publish_alert(alert)
+    device.wait_acks(len(alerts))
+
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    for alert in alerts.values():
+        row = f'li[data-id="{alert["id"]}"]'
+        page.wait_for_selector(row, timeout=10_000)
+        assert page.locator(f"{row} button.play").count() == 0  # no clip yet
+
+    files = media_files(tmp_path)
+    for (content_type, alert), tag in zip(alerts.items(), ("audio", "video"), strict=True):
+        put_clip(listener, str(alert["id"]), files[content_type], content_type)
+        button = f'li[data-id="{alert["id"]}"] button.play'
+        page.wait_for_selector(button, timeout=10_000)  # the upload's live update, no reload
+        page.click(button)
+        state = played(page, tag)
+        assert state["error"] is None, state
+        assert state["ready"] >= 1, state
+        assert 2.5 < state["duration"] < 3.5, state
+        assert state["src"].startswith("blob:"), state  # fetched with the token, not in a URL
+        assert state["visible"], state
+        assert page.locator("#player-body audio, #player-body video").count() == 1  # one player
+        assert page.get_attribute("#player-body a.clip-download", "href") == state["src"]
+
+    # a clip this browser cannot decode says so (and can still be downloaded)
+    broken = make_alert("porch-pi", category="scream", event="update")
+    device.publish_alert(broken)
+    device.wait_acks(len(alerts) + 1)
+    page.wait_for_selector(f'li[data-id="{broken["id"]}"]', timeout=10_000)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(bytes(range(256)) * 64)
+    put_clip(listener, str(broken["id"]), garbage, "video/mp4")
+    page.click(f'li[data-id="{broken["id"]}"] button.play', timeout=10_000)
+    page.wait_for_selector("#player-body p.clip-error", timeout=20_000)
+    assert "cannot play this clip (video/mp4)" in page.inner_text("#player-body")
+    assert page.locator("#player-body video").count() == 0
+    assert page.locator("#player-body a.clip-download").count() == 1
+
+    target = alerts["video/mp4"]
+    page.fill("#who", "bob")
+    page.click(f'li[data-id="{target["id"]}"] button.resolve')
+    page.wait_for_selector(f'li[data-id="{target["id"]}"][data-status="resolved"]', timeout=10_000)
+    stored = get_json(f"{listener}/api/alerts/{target['id']}")
+    assert stored["listener"]["status"] == "resolved"
+    assert stored["listener"]["resolved_by"] == "bob"
+    assert stored["listener"]["acknowledged_by"] == "bob"  # resolving also acknowledges
+    assert stored["listener"]["has_clip"] is True
+    resolved_row = f'li[data-id="{target["id"]}"]'
+    assert page.locator(f"{resolved_row} button.resolve").count() == 0
+    assert page.locator(f"{resolved_row} button.play").count() == 1  # still playable
+    other = get_json(f"{listener}/api/alerts/{alerts['audio/wav']['id']}")
+    assert other["listener"]["status"] == "new"
+    assert errors == []
+    device.close()

@@ -3,7 +3,7 @@
 // kept in this browser's localStorage; it is sent as a bearer header, never in a URL.
 "use strict";
 
-const state = { token: "", alerts: new Map(), markers: new Map(), map: null };
+const state = { token: "", alerts: new Map(), markers: new Map(), map: null, clipUrl: "" };
 const $ = (id) => document.getElementById(id);
 
 function api(path, options = {}) {
@@ -88,14 +88,29 @@ async function mark(id, action) {
 
 async function playClip(id) {
   const response = await api(`/api/alerts/${encodeURIComponent(id)}/clip`);
-  if (!response.ok) return;
+  if (!response.ok) {
+    showPlayer(text("p", `Clip not available (${response.status}).`, "clip-error"));
+    return;
+  }
   const blob = await response.blob();
   const media = document.createElement(blob.type.startsWith("video/") ? "video" : "audio");
   media.controls = true;
-  media.src = URL.createObjectURL(blob);
-  $("player-body").replaceChildren(media);
-  $("player").hidden = false;
+  if (state.clipUrl) URL.revokeObjectURL(state.clipUrl);  // the previous clip's memory
+  state.clipUrl = media.src = URL.createObjectURL(blob);
+  const save = text("a", "Download clip", "clip-download");
+  save.href = state.clipUrl;
+  save.download = `${id}.${blob.type.split("/")[1] || "bin"}`;
+  // e.g. an MPEG-4 part 2 video (written where ffmpeg lacks H.264) that browsers cannot decode
+  media.addEventListener("error", () => {
+    media.replaceWith(text("p", `This browser cannot play this clip (${blob.type}).`, "clip-error"));
+  });
+  showPlayer(media, save);
   media.play().catch(() => {});
+}
+
+function showPlayer(...children) {
+  $("player-body").replaceChildren(...children);
+  $("player").hidden = false;
 }
 
 async function loadDevices() {
