@@ -11,18 +11,20 @@ recording with a scream leaves the clip downloadable from the listener.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -57,7 +59,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) 
         time.sleep(0.05)
 
 
-def http(url: str, token: str = TOKEN) -> tuple[int, str, bytes]:
+def fetch(url: str, token: str = TOKEN) -> tuple[int, str, bytes]:
     """(status, content type, body) of a GET with the bearer token."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
@@ -93,7 +95,7 @@ class Listener:
                 stderr=subprocess.STDOUT,
             )
         wait_port(self.port, timeout=60)
-        wait_for(lambda: json.loads(http(self.url + "/healthz")[2])["mqtt"], "listener on MQTT")
+        wait_for(lambda: json.loads(fetch(self.url + "/healthz")[2])["mqtt"], "listener on MQTT")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -102,13 +104,13 @@ class Listener:
             self.process = None
 
     def alert(self, alert_id: str) -> dict[str, Any]:
-        status, _, body = http(f"{self.url}/api/alerts/{alert_id}")
+        status, _, body = fetch(f"{self.url}/api/alerts/{alert_id}")
         assert status == 200, (status, body)
         result: dict[str, Any] = json.loads(body)
         return result
 
     def clip(self, alert_id: str) -> tuple[int, str, bytes]:
-        return http(f"{self.url}/api/alerts/{alert_id}/clip")
+        return fetch(f"{self.url}/api/alerts/{alert_id}/clip")
 
 
 @pytest.fixture
@@ -295,6 +297,51 @@ def test_refused_uploads_are_reported_with_the_reason(
         server.stop()
 
 
+class Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers the clip PUTs with the statuses in `script`, in order; keeps what it got."""
+
+    script: ClassVar[list[tuple[int, dict[str, str]]]] = []
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status, headers = self.script.pop(0)
+        if status == 204:
+            self.bodies.append(body)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_busy_or_failing_listener_is_retried_with_backoff(tmp_path: Path) -> None:
+    """429 and 5xx are retried (the listener's own API never answers them, so a scripted
+    loopback server does), and the file still arrives intact."""
+    Scripted.script = [(503, {}), (429, {"Retry-After": "0"}), (502, {}), (204, {})]
+    Scripted.bodies = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    clip = wav_clip(tmp_path / "clips")
+    sender = uploader(f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "state")
+    sender.start()
+    try:
+        sender.add("busy-alert", clip)
+        wait_for(lambda: sender.stats()["sent"] == 1, "sent after the busy answers")
+        assert sender.stats()["failed_attempts"] == 3
+        assert sender.stats()["rejected"] == 0
+        assert Scripted.bodies == [Path(clip["audio"]["path"]).read_bytes()]
+        assert Scripted.script == []
+    finally:
+        sender.stop(timeout=30)
+        server.shutdown()
+        server.server_close()
+
+
 def test_which_file_of_a_clip_is_sent() -> None:
     both = {"audio": {"path": "/c/a.wav"}, "video": {"path": "/c/v.mp4"}}
     assert pick_file(both, "audio") == Path("/c/a.wav")
@@ -357,7 +404,7 @@ def test_safeguard_run_on_a_scream_leaves_the_clip_on_the_listener(
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    status, _, body = http(f"{listener.url}/api/alerts?device=upload-e2e&limit=100")
+    status, _, body = fetch(f"{listener.url}/api/alerts?device=upload-e2e&limit=100")
     assert status == 200
     stored = json.loads(body)
     updates = [a for a in stored if a["category"] == "scream" and "clip" in a]
