@@ -86,8 +86,8 @@ def _progress(name: str) -> Callable[[float], None] | None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from edge.analyze import analyze_file
+    from edge.decode import is_video
     from edge.pipeline import build_detector, hop_samples, load_yamnet
-    from edge.videopipe import analyze_video, build_analyzer, has_audio, is_video, load_backbone
 
     config = _config(args)
     model = load_yamnet(config)
@@ -98,9 +98,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         path = Path(name)
         try:
             records = []
-            if has_audio(path):
+            if not is_video(path):
                 records = analyze_file(path, detector, hop_samples(config), name, _progress(name))
-            if is_video(path):  # the picture too: violence events
+            else:  # the picture too: violence events (OpenCV is loaded for video files only)
+                from edge.videopipe import analyze_video, build_analyzer, has_audio, load_backbone
+
+                if has_audio(path):
+                    records = analyze_file(
+                        path, detector, hop_samples(config), name, _progress(name)
+                    )
                 backbone = backbone or load_backbone(config.models_dir, config.video.threads)
                 found = analyze_video(
                     path, build_analyzer(config.video, backbone), config.video, name

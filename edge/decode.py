@@ -70,6 +70,14 @@ def _ffmpeg_blocks(path: Path, block_s: float) -> Iterator[F32]:
             raise CaptureError(f"{path}: cannot decode audio ({detail})")
 
 
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"}
+
+
+def is_video(path: Path) -> bool:
+    """Whether `path` is a video container (its picture is analysed too)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
 def blocks(path: Path, block_s: float = 0.5) -> Iterator[F32]:
     """The file's audio as 16 kHz mono float32 blocks of about `block_s` seconds."""
     if not path.is_file():

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import time
+from functools import cache
 from typing import Any
-
-import jsonschema
 
 SCHEMA_ID = "safeguard.alert/1"
 _RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
@@ -44,7 +43,12 @@ ALERT_SCHEMA: dict[str, Any] = {
     },
 }
 
-_VALIDATOR = jsonschema.Draft202012Validator(ALERT_SCHEMA)
+
+@cache
+def _validator() -> Any:
+    import jsonschema  # only where alerts are checked: the daemon's other paths start faster
+
+    return jsonschema.Draft202012Validator(ALERT_SCHEMA)
 
 
 class AlertInvalid(ValueError):
@@ -53,7 +57,9 @@ class AlertInvalid(ValueError):
 
 def validate(alert: object) -> dict[str, Any]:
     """`alert` itself if valid; AlertInvalid naming the first problem otherwise."""
-    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(alert))
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(alert))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(message)"
         raise AlertInvalid(f"{where}: {error.message}")

@@ -19,10 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from pydantic import BaseModel, ConfigDict, Field
-from twilio.base.exceptions import TwilioException, TwilioRestException  # type: ignore[import-untyped]
-from twilio.http.http_client import TwilioHttpClient  # type: ignore[import-untyped]
-from twilio.http.response import Response  # type: ignore[import-untyped]
-from twilio.rest import Client  # type: ignore[import-untyped]
 
 from edge.secrets import read_secret, require_secret
 
@@ -111,17 +107,22 @@ def format_message(alert: Mapping[str, Any], map_url: str) -> str:
     return ". ".join(parts)
 
 
-class _BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """Sends every request to `base_url` (scheme and host replaced, path kept)."""
+def _http_client(base_url: str | None, timeout: float) -> Any:
+    """Twilio's HTTP client; with `base_url`, one that sends every request there (scheme and
+    host replaced, path kept). twilio is imported here, not at start-up: most runs never send."""
+    from twilio.http.http_client import TwilioHttpClient  # type: ignore[import-untyped]
 
-    def __init__(self, base_url: str, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self._base = urlsplit(base_url)
+    class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
+        def __init__(self, base: str) -> None:
+            super().__init__(timeout=timeout)
+            self._base = urlsplit(base)
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
-        parts = urlsplit(url)
-        url = urlunsplit((self._base.scheme, self._base.netloc, parts.path, parts.query, ""))
-        return super().request(method, url, *args, **kwargs)
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            parts = urlsplit(url)
+            url = urlunsplit((self._base.scheme, self._base.netloc, parts.path, parts.query, ""))
+            return super().request(method, url, *args, **kwargs)
+
+    return BaseUrlHttpClient(base_url) if base_url else TwilioHttpClient(timeout=timeout)
 
 
 def _retry_wait(config: TwilioConfig, attempt: int) -> float:
@@ -139,16 +140,19 @@ class TwilioSender:
     ) -> None:
         self.config = config
         self._stop = stop
-        http = (
-            _BaseUrlHttpClient(config.api_base_url, config.timeout)
-            if config.api_base_url
-            else TwilioHttpClient(timeout=config.timeout)
-        )
+        from twilio.rest import Client  # type: ignore[import-untyped]
+
+        http = _http_client(config.api_base_url, config.timeout)
         self._client = Client(
             config.account_sid, require_secret("twilio_auth_token", environ), http_client=http
         )
 
     def _call(self, what: str, to: str, create: Any, **kwargs: Any) -> SendResult:
+        from twilio.base.exceptions import (  # type: ignore[import-untyped]
+            TwilioException,
+            TwilioRestException,
+        )
+
         attempt = 0
         while True:
             attempt += 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edge.analyze import EventRecord
 from edge.camera import CameraSource, FrameRing, file_frames
+from edge.decode import is_video
 from edge.events import Event, EventSink, deliver
 from edge.models import load_manifest, verify
 from edge.video import Backbone, VideoAnalyzer, load_video_head
@@ -22,7 +23,6 @@ from edge.videoconfig import VideoConfig
 from models_tflite import HEADS
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"}
 
 
 def load_backbone(models_dir: Path, threads: int = 1) -> Backbone:
@@ -41,10 +41,6 @@ def build_analyzer(
         severity=video.severity,
         origin_wall=origin_wall,
     )
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def analyze_video(

@@ -101,15 +101,19 @@ def test_device_status_and_health(
     device.publish_raw("porch-pi", json.dumps({"temp_c": 51.5, "drops": 0}).encode(), "health")
     device.publish_raw("attic-pi", b"exploded", suffix="status")
     device.publish_raw("attic-pi", b"[1, 2]", suffix="health")
-    wait_for(lambda: any(d["health"] for d in store.list_devices()))
+
+    def malformed(kind: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "safeguard_listener_device_messages_total", {"kind": kind, "outcome": "malformed"}
+        )
+
+    # the four messages are handled in order: once the last is counted, all were
+    wait_for(lambda: malformed("health") == 1)
     devices = {d["device_id"]: d for d in store.list_devices()}
     assert devices["porch-pi"]["status"] == "online"
     assert devices["porch-pi"]["health"] == {"temp_c": 51.5, "drops": 0}
     assert "attic-pi" not in devices
-    malformed = metrics.registry.get_sample_value(
-        "safeguard_listener_device_messages_total", {"kind": "status", "outcome": "malformed"}
-    )
-    assert malformed == 1
+    assert malformed("status") == 1
     device.close()
 
 
