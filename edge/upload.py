@@ -211,13 +211,16 @@ class Uploader:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the step: an `add` from now on ends the wait
             try:
                 wait = self._step()
             except DeliveryError as exc:
                 log.error("clip upload: %s", exc)
                 wait = self.config.retry_max_s
+            except Exception:  # the queue keeps its rows; the loop must outlive a bug
+                log.exception("clip upload: unexpected error")
+                wait = self.config.retry_max_s
             self._wake.wait(wait)
-            self._wake.clear()
 
     def _step(self) -> float:
         """Send the oldest due upload, if any; how long to wait before the next step."""
