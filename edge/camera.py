@@ -2,14 +2,23 @@
 
 Sources (`video.source`): `/dev/videoN`, `file:/path` (replayed at real-time speed), `rtsp://`
 (reconnect with jittered backoff, transport configurable) and `gst:PIPELINE` (GStreamer,
-e.g. a Jetson CSI camera). Capture runs in its own thread and never waits for the model:
-it overwrites the oldest frame; readers that fall behind skip and count.
+e.g. a Jetson CSI camera: through OpenCV when it is built with GStreamer, otherwise as a
+`gst-launch-1.0` subprocess whose YUV4MPEG2 output is parsed here). Capture runs in its own
+thread and never waits for the model: it overwrites the oldest frame; readers that fall
+behind skip and count.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
+import select
+import shlex
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +37,9 @@ from edge.video import downscale
 log = logging.getLogger(__name__)
 U8 = npt.NDArray[np.uint8]
 STALL_S = 5.0  # a live stream that delivers nothing for this long is reopened
+OPEN_TIMEOUT_S = 15.0  # a gst-launch-1.0 pipeline must deliver its first frame within this
+SHORT_RUN_S = 10.0  # a stream that ends sooner than this counts as a failed attempt (backoff)
+GST_TAIL = "videoconvert ! video/x-raw,format=I420 ! y4menc ! fdsink fd=1"
 
 
 def file_frames(
@@ -105,12 +117,177 @@ class CameraStats:
     last_frame: float = field(default_factory=time.monotonic)
 
 
-def open_capture(source: str, transport: str = "tcp") -> Any:
-    """An OpenCV VideoCapture for `video.source` (CaptureError if it cannot be opened)."""
+@functools.cache
+def opencv_has_gstreamer() -> bool:
+    """Whether this OpenCV build can open GStreamer pipelines (`GStreamer: YES ...`)."""
+    found = re.search(r"^\s*GStreamer:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    return found is not None and found.group(1).upper() != "NO"
+
+
+def _without_appsink(pipeline: str) -> str:
+    """The pipeline without a trailing `! appsink ...` (written for OpenCV's backend)."""
+    return re.sub(r"\s*!\s*appsink\b[^!]*$", "", pipeline.strip())
+
+
+class GstLaunchCapture:
+    """A `gst:` pipeline run by `gst-launch-1.0`, read as YUV4MPEG2 (I420) from its stdout.
+
+    Offers what CameraSource uses of cv2.VideoCapture: isOpened, read, get, release. Every
+    wait polls `stop` and has a deadline, so a pipeline that fails, hangs or ends never blocks
+    shutdown; release terminates and reaps the process.
+    """
+
+    def __init__(self, pipeline: str, stop: threading.Event | None = None) -> None:
+        exe = shutil.which("gst-launch-1.0")
+        if exe is None:
+            raise CaptureError(
+                "gst: needs gst-launch-1.0 (Debian/Ubuntu package gstreamer1.0-tools): "
+                "this OpenCV has no GStreamer support"
+            )
+        try:
+            args = shlex.split(_without_appsink(pipeline))
+        except ValueError as exc:
+            raise CaptureError(f"gst:{pipeline}: {exc}") from None
+        self.error = ""
+        self.width = self.height = 0
+        self.fps = 0.0
+        self._stop = stop or threading.Event()
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in release)
+        self._proc = subprocess.Popen(
+            [exe, "-q", *args, "!", *GST_TAIL.split()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        assert self._proc.stdout is not None
+        self._fd = self._proc.stdout.fileno()
+        try:
+            self._open()
+        except CaptureError:
+            self.release()
+            raise
+
+    def _open(self) -> None:
+        header = self._line(OPEN_TIMEOUT_S)
+        if header is None or not header.startswith(b"YUV4MPEG2 "):
+            raise CaptureError(self.error or "gst: the pipeline output is not YUV4MPEG2")
+        fields = {f[:1]: f[1:] for f in header.decode("ascii", "replace").split()[1:]}
+        self.width, self.height = int(fields.get("W", "0")), int(fields.get("H", "0"))
+        num, _, den = fields.get("F", "0:0").partition(":")
+        self.fps = float(num) / float(den) if num.isdigit() and den.isdigit() and int(den) else 0.0
+        if not fields.get("C", "420").startswith("420"):
+            raise CaptureError(f"gst: unexpected YUV4MPEG2 colour space C{fields['C']}")
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise CaptureError(
+                f"gst: the pipeline delivers {self.width}x{self.height}; use an even size "
+                "(videoscale ! video/x-raw,width=W,height=H)"
+            )
+
+    def _fill(self, size: int, timeout: float) -> bool:
+        """Buffer at least `size` bytes; False (and `error` set) on end, stall or stop."""
+        deadline = time.monotonic() + timeout
+        while len(self._buf) < size:
+            left = deadline - time.monotonic()
+            if self._stop.is_set() or left <= 0:
+                stalled = f"gst: no frame from the pipeline for {timeout:g} s"
+                self.error = "gst: stopped" if self._stop.is_set() else stalled
+                return False
+            ready, _, _ = select.select([self._fd], [], [], min(0.2, left))
+            if not ready:
+                continue
+            chunk = os.read(self._fd, max(1 << 16, size - len(self._buf)))
+            if not chunk:
+                self.error = self._exit_reason()
+                return False
+            self._buf += chunk
+        return True
+
+    def _line(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while (end := self._buf.find(b"\n")) < 0:
+            if len(self._buf) > 4096:
+                self.error = "gst: the pipeline output is not YUV4MPEG2"
+                return None
+            if not self._fill(len(self._buf) + 1, deadline - time.monotonic()):
+                return None
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
+        return line
+
+    def _exit_reason(self) -> str:
+        """Why the pipeline's output ended: its exit status and the tail of its stderr."""
+        try:
+            code = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "gst: gst-launch-1.0 closed its output"
+        self._stderr.seek(0)
+        text = self._stderr.read()[-2000:].decode("utf-8", "replace")
+        lines = (line.strip().removeprefix("WARNING: ") for line in text.splitlines())
+        detail = "; ".join(line for line in lines if line)
+        if code == 0:
+            return "gst: the pipeline ended" + (f": {detail}" if detail else "")
+        return f"gst: gst-launch-1.0 failed (exit {code}): {detail or 'no message'}"
+
+    def isOpened(self) -> bool:  # noqa: N802 (cv2.VideoCapture's name)
+        return self.width > 0 and self._proc.returncode is None
+
+    def read(self) -> tuple[bool, U8 | None]:
+        size = self.width * self.height * 3 // 2
+        marker = self._line(STALL_S)
+        if marker is None:
+            return False, None
+        if not marker.startswith(b"FRAME"):
+            self.error = "gst: lost sync in the YUV4MPEG2 stream"
+            return False, None
+        if not self._fill(size, STALL_S):
+            return False, None
+        yuv = np.frombuffer(bytes(self._buf[:size]), np.uint8).reshape(-1, self.width)
+        del self._buf[:size]
+        if self._stderr.tell() > 1 << 16:  # warnings of a long run: keep the file bounded
+            self._stderr.truncate(0)  # the offset is shared with the child: it writes from 0
+            self._stderr.seek(0)
+        return True, np.asarray(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420), np.uint8)
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FPS:
+            return self.fps
+        if prop == cv2.CAP_PROP_FRAME_WIDTH:
+            return float(self.width)
+        if prop == cv2.CAP_PROP_FRAME_HEIGHT:
+            return float(self.height)
+        return 0.0
+
+    def release(self) -> None:
+        """Terminate and reap gst-launch-1.0 (idempotent, from any thread)."""
+        with self._lock:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            assert self._proc.stdout is not None
+            self._proc.stdout.close()
+            self._stderr.close()
+
+
+def open_capture(source: str, transport: str = "tcp", stop: threading.Event | None = None) -> Any:
+    """A VideoCapture (or GstLaunchCapture) for `video.source` (CaptureError if it cannot open).
+
+    `stop` ends waits that may take long (a `gst:` pipeline's first frame).
+    """
+    if source.startswith("gst:") and not opencv_has_gstreamer():
+        return GstLaunchCapture(source[4:], stop)
     if source.startswith("file:"):
         cap = cv2.VideoCapture(source[5:])
     elif source.startswith("gst:"):
-        cap = cv2.VideoCapture(source[4:], cv2.CAP_GSTREAMER)
+        pipeline = source[4:]
+        if "appsink" not in pipeline:
+            pipeline += " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=2"
+        cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     elif source.startswith(("rtsp://", "rtsps://")):
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{transport}|timeout;5000000"
         cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
@@ -186,26 +363,36 @@ class CameraSource:
         attempt = 0
         while not self._stop.is_set():
             try:
-                cap = open_capture(self.source, self._transport)
+                cap = open_capture(self.source, self._transport, self._stop)
             except CaptureError as exc:
+                if self._stop.is_set():
+                    break
                 attempt += 1
                 wait = backoff(attempt, self._retry_max_s)
                 self.stats.state, self.stats.error = "retrying", str(exc)
-                log.warning("camera %s unavailable; retrying in %.1f s", self.source, wait)
+                log.warning(
+                    "camera %s unavailable (%s); retrying in %.1f s", self.source, exc, wait
+                )
                 if self._stop.wait(wait):
                     break
                 continue
-            attempt = 0
             self.stats.state, self.stats.error = "running", ""
             log.info("capturing video from %s", self.source)
+            opened = time.monotonic()
             try:
                 self._read_loop(cap)
             finally:
                 cap.release()
             if self._is_file or self._stop.is_set():
                 break
+            # a stream that ends soon after opening (a failing pipeline) is retried with backoff
+            attempt = attempt + 1 if time.monotonic() - opened < SHORT_RUN_S else 0
+            wait = backoff(attempt, self._retry_max_s) if attempt else 0.0
+            reason = getattr(cap, "error", "") or "the stream ended or stalled"
             self.stats.reopens += 1
-            self.stats.state, self.stats.error = "retrying", "the stream ended or stalled"
-            log.warning("camera %s stopped delivering frames; reopening", self.source)
+            self.stats.state, self.stats.error = "retrying", reason
+            log.warning("camera %s stopped delivering frames (%s); reopening", self.source, reason)
+            if self._stop.wait(wait):
+                break
         self.stats.state = "stopped" if self._stop.is_set() else "ended"
         self.ended.set()
