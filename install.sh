@@ -104,12 +104,22 @@ broker_host() {
     tr -d '"'"'"
 }
 
+camera_source() {
+  local config=$ROOT$ETC/config.yaml
+  [ -f "$config" ] || config=$SRC/config.yaml
+  awk '/^[^ #]/ {in_video = ($1 == "video:")} in_video && $1 == "source:" {print $2; exit}' "$config" |
+    tr -d '"'"'"
+}
+
 install_packages() {
   local packages=(python3 python3-venv libportaudio2 libsndfile1 ffmpeg iw ca-certificates)
   local host
   host=$(broker_host)
   case "${host:-127.0.0.1}" in
     127.0.0.1 | localhost | ::1) packages+=(mosquitto) ;;
+  esac
+  case "$(camera_source)" in # a GStreamer pipeline runs through gst-launch-1.0
+    gst:*) packages+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good) ;;
   esac
   local missing=()
   for pkg in "${packages[@]}"; do

@@ -51,6 +51,7 @@ def test_tree(staged: tuple[Path, str]) -> None:
     assert "usermod --append --groups audio,video safeguard" in plan
     assert "systemctl enable safeguard safeguard-listener" in plan
     assert "mosquitto" in plan  # the shipped config uses a local broker
+    assert "gstreamer1.0-tools" not in plan  # no camera in the shipped config
 
 
 def test_venv_runs_and_models_verify(staged: tuple[Path, str]) -> None:
@@ -92,6 +93,8 @@ def test_second_run_is_idempotent_and_keeps_an_edited_config(staged: tuple[Path,
     root, _ = staged
     config = root / "etc/safeguard/config.yaml"
     edited = config.read_text().replace("id: kitchen-pi", "id: hall-pi")
+    edited = edited.replace("  source: none", '  source: "gst:videotestsrc is-live=true"')
+    assert "gst:videotestsrc" in edited
     config.write_text(edited)
     (root / "etc/safeguard/secrets.env").chmod(0o644)
     out = install(root, "--models-from", str(SHARED_MODELS), "--with-listener")
@@ -101,6 +104,8 @@ def test_second_run_is_idempotent_and_keeps_an_edited_config(staged: tuple[Path,
         ROOT / "config.yaml"
     ).read_text()
     assert stat.S_IMODE((root / "etc/safeguard/secrets.env").stat().st_mode) == 0o600
+    # a GStreamer camera in the kept config brings GStreamer's command-line tools
+    assert "gstreamer1.0-tools" in (root / "safeguard-install.plan").read_text()
 
 
 def test_uninstall_keeps_data_and_purge_removes_it(staged: tuple[Path, str]) -> None:
