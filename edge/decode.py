@@ -78,22 +78,36 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def blocks(path: Path, block_s: float = 0.5) -> Iterator[F32]:
-    """The file's audio as 16 kHz mono float32 blocks of about `block_s` seconds."""
+def _open_native(path: Path) -> soundfile.SoundFile | None:
+    """A libsndfile handle for `path`, or None where ffmpeg must decode it."""
     if not path.is_file():
         raise CaptureError(f"{path}: no such file")
-    if path.suffix.lower() in _NATIVE:
-        try:
-            handle = soundfile.SoundFile(str(path))
-        except (soundfile.LibsndfileError, RuntimeError):
-            handle = None  # an encoding libsndfile does not know: let ffmpeg try
-        if handle is not None:
-            yield from _soundfile_blocks(handle, block_s)
-            return
+    if path.suffix.lower() not in _NATIVE:
+        return None
+    try:
+        return soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError):
+        return None  # an encoding libsndfile does not know: let ffmpeg try
+
+
+def blocks(path: Path, block_s: float = 0.5) -> Iterator[F32]:
+    """The file's audio as 16 kHz mono float32 blocks of about `block_s` seconds."""
+    handle = _open_native(path)
+    if handle is not None:
+        yield from _soundfile_blocks(handle, block_s)
+        return
     yield from _ffmpeg_blocks(path, block_s)
 
 
 def read_all(path: Path) -> F32:
-    """The whole file as one 16 kHz mono float32 array."""
-    parts = list(blocks(path, block_s=10.0))
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    """The whole file as one 16 kHz mono float32 array (one read where libsndfile can)."""
+    handle = _open_native(path)
+    if handle is None:
+        parts = list(_ffmpeg_blocks(path, 10.0))
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    with handle:
+        rate = int(handle.samplerate)
+        audio = to_mono(handle.read(dtype="float32", always_2d=False))
+    if rate != RATE:
+        audio = soxr.resample(audio, rate, RATE).astype(np.float32)
+    return np.ascontiguousarray(audio, np.float32)
