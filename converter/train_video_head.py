@@ -1,12 +1,15 @@
-"""Train the violence head on labelled clips (grouped cross-validation, numpy head file).
+"""Train the violence head on labelled clips (nested grouped cross-validation, numpy head file).
 
     python -m converter.train_video_head --data ../shared/data/video-dev \
         --out models_tflite/heads/violence.npz
 
-Each clip is sampled at the daemon's analysis rate from two phases; the backbone embeds each
-frame and each frame difference (cached under bench/cache/video); the features are the
-window statistics of `edge.video.window_features`. Groups are runs of neighbouring clip
-numbers (clips cut from the same recording), so no recording is in training and test at once.
+Each clip is sampled at the daemon's analysis rate from several phases; `edge.video.
+WindowFeatures` (what the daemon runs) turns the first `window` analysed frames into one
+feature row per phase (cached under bench/cache/video). The head is a standardised logistic
+regression; its L2 strength and the weight of the flow block beside the 3072 embedding
+features are chosen by grouped cross-validation inside each training fold. Groups are runs of
+neighbouring clip numbers (clips cut from the same recording), so no recording is in training
+and test at once; the reported numbers are out-of-fold only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import inspect
+import itertools
 import logging
 import re
 import shlex
@@ -25,22 +30,34 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge import flow, video
 from edge.camera import file_frames
 from edge.models import load_manifest, verify
-from edge.video import (
-    DIFF_GAIN,
-    Backbone,
-    VideoHead,
-    backbone_input,
-    difference_input,
-    save_video_head,
-    window_features,
-)
+from edge.video import EMBEDDING, Backbone, VideoHead, WindowFeatures, save_video_head
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int_]
 CACHE = Path(__file__).resolve().parent.parent / "bench" / "cache" / "video"
-PHASES = (0.0, 0.5)  # sampling offsets, in analysis periods
+PHASES = (0.0, 0.5, 1.0, 1.5)  # sampling offsets, in analysis periods
+C_GRID = (0.001, 0.003, 0.01)  # inverse L2 strengths tried by the inner cross-validation
+FLOW_WEIGHTS = (3.0, 10.0, 30.0)  # weights of the flow block against the embeddings, tried
+# the feature code is part of the cache key: change it and the features are recomputed
+_SOURCES = (flow, video.WindowFeatures, video.window_features, video.backbone_input,
+            video.difference_input)  # fmt: skip
+CODE = hashlib.md5(
+    "".join(inspect.getsource(s) for s in _SOURCES).encode(), usedforsecurity=False
+).hexdigest()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How clips become feature rows (as the daemon analyses a camera)."""
+
+    fps: float = 8.0  # analysed frames per second
+    width: int = 320  # ring frame width
+    window: int = 16  # analysed frames per feature window
+    stride: int = 2  # the backbone runs on every stride-th analysed frame
 
 
 @dataclass(frozen=True)
@@ -65,60 +82,104 @@ def load_clips(data: Path, group_size: int = 10) -> list[Clip]:
     return clips
 
 
-def embed_clip(backbone: Backbone, path: Path, fps: float, width: int) -> list[tuple[F32, F32]]:
-    """(frame embeddings, difference embeddings) per sampling phase; cached on disk."""
+def clip_features(backbone: Backbone, path: Path, sampling: Sampling) -> F32:
+    """[phases, FEATURES]: the features after the first `window` analysed frames (or all the
+    clip has) from each sampling phase; cached on disk."""
+    fps, window = sampling.fps, sampling.window
     stat = path.stat()
-    tag = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{fps}|{width}|{DIFF_GAIN}|{PHASES}"
-    cached = CACHE / (hashlib.md5(tag.encode(), usedforsecurity=False).hexdigest() + ".npz")
+    tag = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sampling}|{PHASES}|{CODE}"
+    cached = CACHE / (hashlib.md5(tag.encode(), usedforsecurity=False).hexdigest() + ".npy")
     if cached.is_file():
-        with np.load(cached) as data:
-            return [(data[f"f{i}"], data[f"d{i}"]) for i in range(len(PHASES))]
-    out = []
+        return np.asarray(np.load(cached), np.float32)
+    rows = []
     for phase in PHASES:
-        frames, diffs, prev = [], [], None
-        for _t, frame in file_frames(path, fps, width, offset_s=phase / fps):
-            rgb = backbone_input(frame)
-            frames.append(backbone.embed(rgb))
-            if prev is not None:
-                diffs.append(backbone.embed(difference_input(rgb, prev)))
-            prev = rgb
-        zero = np.zeros((1, 1024), np.float32)
-        out.append((np.stack(frames) if frames else zero, np.stack(diffs) if diffs else zero))
+        features, last = WindowFeatures(backbone, window, sampling.stride), None
+        frames = file_frames(path, fps, sampling.width, offset_s=phase / fps)
+        for n, (_t, frame) in enumerate(frames):
+            if n == window:
+                break
+            last = features.push(frame)
+        if last is not None:
+            rows.append(last)
+    if not rows:
+        raise ValueError(f"{path}: too short for a window of {window} frames at {fps} fps")
     CACHE.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{k}{i}": a for i, pair in enumerate(out) for k, a in zip("fd", pair, strict=True)}
-    np.savez(cached, **arrays)  # type: ignore[arg-type]
-    return out
+    np.save(cached, np.stack(rows))
+    return np.stack(rows)
 
 
-def clip_features(pairs: list[tuple[F32, F32]], window: int) -> F32:
-    """One feature row per phase: the first `window` frames of the clip."""
-    return np.stack([window_features(f[:window], d[: window - 1]) for f, d in pairs])
-
-
-def make_head(x: F32, y: npt.NDArray[np.int_], c: float, window: int) -> VideoHead:
-    """Standardised L2 logistic regression, the standardisation folded into the weights."""
+def make_head(x: F32, y: I64, c: float, flow_weight: float, sampling: Sampling) -> VideoHead:
+    """Standardised L2 logistic regression, the flow block weighted `flow_weight` against the
+    embedding block; the standardisation is folded into the weights."""
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(0), x.std(0) + 1e-6
-    lr = LogisticRegression(C=c, max_iter=3000).fit((x - mean) / scale, y)
+    scale[3 * EMBEDDING :] /= flow_weight
+    lr = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
     w = lr.coef_[0] / scale
     bias = float(lr.intercept_[0] - np.dot(w, mean))
-    return VideoHead(w.astype(np.float32), bias, 0.5, window)
+    return VideoHead(w.astype(np.float32), bias, 0.5, sampling.window, sampling.stride)
 
 
-def cross_validate(feats: list[F32], clips: list[Clip], folds: int, c: float, window: int) -> F32:
-    """Out-of-fold clip scores (mean over phases), grouped by recording."""
+def _scores(head: VideoHead, feats: list[F32], idx: Sequence[int]) -> F32:
+    """Clip scores: the head's mean probability over the clip's phases."""
+    return np.array([np.mean([head.score(row) for row in feats[i]]) for i in idx], np.float32)
+
+
+def _fit(
+    feats: list[F32], y: I64, idx: Sequence[int], params: tuple[float, float], sampling: Sampling
+) -> VideoHead:
+    x = np.concatenate([feats[i] for i in idx])
+    yy = np.concatenate([[y[i]] * len(feats[i]) for i in idx])
+    return make_head(x, yy, *params, sampling)
+
+
+def choose(  # noqa: PLR0917
+    feats: list[F32],
+    y: I64,
+    groups: list[str],
+    idx: Sequence[int],
+    grid: list[tuple[float, float]],
+    folds: int,
+    sampling: Sampling,
+) -> tuple[float, float]:
+    """The (C, flow weight) of `grid` with the best grouped-CV ROC AUC on clips `idx`."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    if len(grid) == 1:
+        return grid[0]
+    clips = np.asarray(idx)
+    splits = list(GroupKFold(n_splits=folds).split(clips, y[clips], [groups[i] for i in clips]))
+    best, best_auc = grid[0], -1.0
+    for params in grid:
+        oof = np.zeros(len(clips), np.float32)
+        for train, test in splits:
+            oof[test] = _scores(_fit(feats, y, clips[train], params, sampling), feats, clips[test])
+        auc = float(roc_auc_score(y[clips], oof))
+        log.debug("C, flow weight = %s: inner ROC AUC %.4f", params, auc)
+        if auc > best_auc:
+            best, best_auc = params, auc
+    return best
+
+
+def cross_validate(
+    feats: list[F32],
+    clips: list[Clip],
+    folds: int,
+    grid: list[tuple[float, float]],
+    sampling: Sampling,
+) -> F32:
+    """Out-of-fold clip scores, grouped by recording; hyperparameters chosen inside each fold."""
     from sklearn.model_selection import GroupKFold
 
     y = np.array([cl.label for cl in clips])
     groups = [cl.group for cl in clips]
     scores = np.zeros(len(clips), np.float32)
     for train, test in GroupKFold(n_splits=folds).split(y, y, groups):
-        x = np.concatenate([feats[i] for i in train])
-        yy = np.concatenate([[y[i]] * len(feats[i]) for i in train])
-        head = make_head(x, yy, c, window)
-        for i in test:
-            scores[i] = np.mean([head.score(row) for row in feats[i]])
+        params = choose(feats, y, groups, train, grid, folds - 1, sampling)
+        log.info("fold: C, flow weight = %s", params)
+        scores[test] = _scores(_fit(feats, y, train, params, sampling), feats, test)
     return scores
 
 
@@ -140,10 +201,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="labels.csv or its folder")
     p.add_argument("--out", type=Path, help="head file to write (.npz); omit to only evaluate")
     p.add_argument("--models", type=Path, default=Path("var/models"), help="fetched models")
-    p.add_argument("--fps", type=float, default=4.0, help="analysis rate (as the daemon's)")
+    p.add_argument("--fps", type=float, default=8.0, help="analysis rate (as the daemon's)")
     p.add_argument("--width", type=int, default=320, help="ring frame width (as the daemon's)")
-    p.add_argument("--window", type=int, default=8, help="analysed frames per feature window")
-    p.add_argument("--c", type=float, default=0.01, help="inverse L2 regularisation")
+    p.add_argument("--window", type=int, default=16, help="analysed frames per feature window")
+    p.add_argument("--stride", type=int, default=2, help="backbone on every n-th analysed frame")
+    p.add_argument("--c", type=float, nargs="+", default=list(C_GRID),
+                   help="inverse L2 regularisation candidates")  # fmt: skip
+    p.add_argument("--flow-weight", type=float, nargs="+", default=list(FLOW_WEIGHTS),
+                   help="weights of the flow features against the embeddings")  # fmt: skip
     p.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds")
     p.add_argument("--max-fp", type=float, default=0.10, help="negative clips allowed to flag")
     return p
@@ -155,28 +220,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips = load_clips(args.data)
     spec = load_manifest()["mobilenet_v1_embedding"]
     backbone = Backbone(verify(spec, args.models))
-    feats = [
-        clip_features(embed_clip(backbone, cl.path, args.fps, args.width), args.window)
-        for cl in clips
-    ]
+    sampling = Sampling(args.fps, args.width, args.window, args.stride)
+    feats = [clip_features(backbone, cl.path, sampling) for cl in clips]
     y = np.array([cl.label for cl in clips])
-    oof = cross_validate(feats, clips, args.folds, args.c, args.window)
+    grid = list(itertools.product(args.c, args.flow_weight))
+    oof = cross_validate(feats, clips, args.folds, grid, sampling)
     cv = metrics(oof, y, args.max_fp)
     sys.stdout.write(f"cross-validated ({args.folds} grouped folds, {len(clips)} clips): {cv}\n")
     if args.out is not None:
-        x = np.concatenate(feats)
-        yy = np.concatenate([[cl.label] * len(f) for cl, f in zip(clips, feats, strict=True)])
-        head = make_head(x, yy, args.c, args.window)
+        every = range(len(clips))
+        groups = [cl.group for cl in clips]
+        c, fw = choose(feats, y, groups, every, grid, args.folds, sampling)
+        head = _fit(feats, y, every, (c, fw), sampling)
         meta = {
             "category": "violence",
             "training_data": f"{args.data} ({int(y.sum())} violence, {int((1 - y).sum())} none)",
             "cv": cv,
-            "params": {k: getattr(args, k) for k in ("fps", "width", "window", "c")},
+            "params": {
+                **{k: getattr(args, k) for k in ("fps", "width", "window", "stride")},
+                "c": c,
+                "flow_weight": fw,
+            },
             "command": shlex.join(["python", "-m", "converter.train_video_head", *sys.argv[1:]]),
         }
-        head = VideoHead(head.weights, head.bias, cv["threshold"], args.window, meta)
+        head = VideoHead(head.weights, head.bias, cv["threshold"], args.window, args.stride, meta)
         save_video_head(args.out, head)
-        sys.stdout.write(f"wrote {args.out}\n")
+        sys.stdout.write(f"wrote {args.out} (C={c}, flow weight={fw})\n")
     return 0
 
 

@@ -1,10 +1,12 @@
-"""Video analysis: motion gate -> MobileNet V1 embeddings of frames and of frame differences
--> statistics over a window of frames -> the violence head -> smoothing -> events.
+"""Video analysis: motion gate -> dense optical flow and MobileNet V1 embeddings -> statistics
+over a window of frames -> the violence head -> smoothing -> events.
 
-Single frames are weak evidence of a fight; movement over time is strong. For each analysed
-frame the backbone embeds the frame itself and the (amplified) difference to the previous
-analysed frame; the head sees mean and spread of both over the last `window` frames.
-The same code serves the live daemon (`edge.camera` feeds it) and `safeguard analyze`.
+Single frames are weak evidence of a fight; movement over time is strong. Every analysed frame
+gets the dense flow to the previous one (`edge.flow`); every `stride`-th analysed frame the
+backbone embeds the frame itself and the (amplified) difference to the previous embedded
+frame. The head sees statistics of both over the last `window` analysed frames.
+`WindowFeatures` computes them for the live daemon, `safeguard analyze` and the head's
+training alike.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy.typing as npt
 from edge.backend import TFLiteModel
 from edge.errors import ConfigError
 from edge.events import Event, Severity
+from edge.flow import WINDOW_SIZE, dense_flow, flow_gray, flow_window_features, pair_stats
 from edge.heads import read_npz
 from edge.smoothing import Smoother, SmoothingConfig
 
@@ -34,7 +37,9 @@ U8 = npt.NDArray[np.uint8]
 INPUT = 224
 GATE_SIZE = (64, 48)  # the motion gate's grayscale frame (width, height)
 DIFF_GAIN = 4.0  # frame differences are amplified before the backbone sees them
-HEAD_KEYS = ("mean", "scale", "weights", "bias", "threshold", "window")
+HEAD_KEYS = ("mean", "scale", "weights", "bias", "threshold", "window", "stride")
+EMBEDDING = 1024
+FEATURES = 3 * EMBEDDING + WINDOW_SIZE
 
 
 def downscale(frame: U8, width: int) -> U8:
@@ -89,6 +94,52 @@ def window_features(frames: F32, diffs: F32) -> F32:
     return np.concatenate([diffs.mean(0), diffs.max(0), change]).astype(np.float32)
 
 
+class WindowFeatures:
+    """The head's input, one analysed frame at a time: [FEATURES] floats once the window is
+    half full (None before). `reset` when the frames stop being consecutive."""
+
+    def __init__(self, backbone: Backbone, window: int, stride: int) -> None:
+        self.backbone = backbone
+        self.window, self.stride = window, stride
+        embedded = -(-window // stride)
+        self._pairs: deque[F32] = deque(maxlen=window - 1)
+        self._frames: deque[F32] = deque(maxlen=embedded)
+        self._diffs: deque[F32] = deque(maxlen=max(1, embedded - 1))
+        self.reset()
+
+    def reset(self) -> None:
+        self._pairs.clear()
+        self._frames.clear()
+        self._diffs.clear()
+        self._count = 0
+        self._gray: U8 | None = None
+        self._flow: F32 | None = None
+        self._rgb: U8 | None = None
+
+    def push(self, frame: U8) -> F32 | None:
+        gray = flow_gray(frame)
+        if self._gray is not None:
+            flow = dense_flow(self._gray, gray)
+            self._pairs.append(pair_stats(flow, self._flow))
+            self._flow = flow
+        self._gray = gray
+        if self._count % self.stride == 0:
+            rgb = backbone_input(frame)
+            self._frames.append(self.backbone.embed(rgb))
+            if self._rgb is not None:
+                self._diffs.append(self.backbone.embed(difference_input(rgb, self._rgb)))
+            self._rgb = rgb
+        self._count += 1
+        if len(self._pairs) < max(2, self.window // 2) or not self._diffs:
+            return None
+        return np.concatenate(
+            [
+                window_features(np.stack(self._frames), np.stack(self._diffs)),
+                flow_window_features(np.stack(self._pairs)),
+            ]
+        )
+
+
 @dataclass(frozen=True)
 class VideoHead:
     """A logistic layer over the window features; applied with numpy only."""
@@ -97,6 +148,7 @@ class VideoHead:
     bias: float
     threshold: float  # operating point chosen by cross-validation
     window: int  # analysed frames the features are computed over
+    stride: int  # the backbone runs on every stride-th analysed frame
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def score(self, features: F32) -> float:
@@ -116,6 +168,7 @@ def save_video_head(path: Path, head: VideoHead) -> None:
             bias=np.float32(head.bias),
             threshold=np.float64(head.threshold),
             window=np.int32(head.window),
+            stride=np.int32(head.stride),
             metadata=np.array(json.dumps(head.metadata, sort_keys=True)),
         )
 
@@ -124,12 +177,15 @@ def load_video_head(path: Path, key: str = "video.head") -> VideoHead:
     arrays, meta = read_npz(path, HEAD_KEYS, key, "video head")
     if not arrays["weights"].shape == arrays["mean"].shape == arrays["scale"].shape:
         raise ConfigError(f"{key}: {path} has inconsistent shapes")
+    if arrays["weights"].shape != (FEATURES,):
+        raise ConfigError(f"{key}: {path} is for other features than {FEATURES}: retrain it")
     scale = arrays["scale"].astype(np.float32)
     return VideoHead(
         weights=(arrays["weights"] / scale).astype(np.float32),
         bias=float(arrays["bias"] - np.dot(arrays["mean"] / scale, arrays["weights"])),
         threshold=float(arrays["threshold"]),
         window=int(arrays["window"]),
+        stride=int(arrays["stride"]),
         metadata=meta,
     )
 
@@ -166,9 +222,7 @@ class VideoAnalyzer:
         self.stats = VideoStats()
         self.last_score = 0.0
         self.last_motion = 0.0
-        self._frames: deque[F32] = deque(maxlen=head.window)
-        self._diffs: deque[F32] = deque(maxlen=head.window - 1)
-        self._prev_rgb: U8 | None = None
+        self.features = WindowFeatures(backbone, head.window, head.stride)
         self._prev_gate: U8 | None = None
         self._key = ""
 
@@ -181,16 +235,9 @@ class VideoAnalyzer:
         return float(np.count_nonzero(cv2.absdiff(gate, prev) > 20)) / gate.size
 
     def score_frame(self, frame: U8) -> float | None:
-        """The backbone on one frame (and its difference); the head's score once it can."""
-        rgb = backbone_input(frame)
-        self._frames.append(self.backbone.embed(rgb))
-        if self._prev_rgb is not None:
-            self._diffs.append(self.backbone.embed(difference_input(rgb, self._prev_rgb)))
-        self._prev_rgb = rgb
-        if len(self._diffs) < max(2, self.head.window // 2):
-            return None
-        feats = window_features(np.stack(self._frames), np.stack(self._diffs))
-        return self.head.score(feats)
+        """The features of one more frame; the head's score once it can."""
+        feats = self.features.push(frame)
+        return None if feats is None else self.head.score(feats)
 
     def process(self, frame: U8, t: float) -> list[Event]:
         """Analyse the frame captured at stream time `t` (seconds)."""
@@ -203,9 +250,7 @@ class VideoAnalyzer:
             score = 0.0 if got is None else got
         else:
             self.stats.still += 1
-            self._frames.clear()
-            self._diffs.clear()
-            self._prev_rgb = None
+            self.features.reset()
         self.last_score = score
         tr = self.smoother.step(t, score)
         if tr is None:

@@ -10,9 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from converter import train_video_head
 from edge.camera import file_frames
+from edge.flow import WINDOW_SIZE, dense_flow, flow_window_features, pair_stats
 from edge.smoothing import SmoothingConfig
-from edge.video import load_video_head
+from edge.video import FEATURES, load_video_head
 from edge.videoconfig import VideoConfig
 from edge.videopipe import analyze_video, build_analyzer, load_backbone
 from models_tflite import HEADS
@@ -37,12 +39,44 @@ def moving_square(path: Path, seconds: float, still_until: float, fps: int = 20)
 
 def test_shipped_head_card_and_metadata() -> None:
     head = load_video_head(HEADS / "violence.npz")
-    assert head.weights.shape == (3 * 1024,)
-    assert head.window == 8
+    assert head.weights.shape == (FEATURES,)
+    assert (head.window, head.stride) == (16, 2)
+    assert head.metadata["params"]["fps"] == VideoConfig().fps
     assert 0 < head.threshold < 1
     assert set(head.metadata["cv"]) >= {"roc_auc", "recall", "flagged_negatives"}
     assert "converter.train_video_head" in head.metadata["command"]
     assert (HEADS / "violence.md").read_text().count(head.metadata["command"].split(" ", 1)[1])
+
+
+def test_flow_of_a_shifted_scene_is_the_shift_in_one_direction() -> None:
+    rng = np.random.default_rng(1)
+    scene = cv2.GaussianBlur(rng.integers(0, 255, (120, 200), dtype=np.uint8), (7, 7), 2)
+    before, after = scene[:, 20:180], scene[:, 17:177]  # the camera pans: content moves +3 px
+    flow = dense_flow(np.ascontiguousarray(before), np.ascontiguousarray(after))
+    stats = pair_stats(flow, None)
+    inner = flow[20:-20, 20:-20]
+    assert np.median(inner[..., 0]) == pytest.approx(3.0, abs=0.3)
+    assert np.median(np.abs(inner[..., 1])) < 0.3
+    assert stats[10] > 0.9  # coherent: everything moves the same way
+    assert np.isnan(stats[-1])  # no previous flow, no change
+    window = flow_window_features(np.stack([stats, pair_stats(flow, flow)]))
+    assert window.shape == (WINDOW_SIZE,)
+    assert np.isfinite(window).all()
+
+
+def test_daemon_scores_exactly_what_the_head_was_trained_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
+    backbone = load_backbone(require_models())
+    monkeypatch.setattr(train_video_head, "CACHE", tmp_path)
+    sampling = train_video_head.Sampling()
+    rows = train_video_head.clip_features(backbone, clip, sampling)
+    assert rows.shape == (len(train_video_head.PHASES), FEATURES)
+    config = VideoConfig(motion_threshold=0.0)
+    analyzer = build_analyzer(config, backbone)
+    scores = [analyzer.score_frame(f) for _, f in file_frames(clip, config.fps, config.width)]
+    assert scores[sampling.window - 1] == pytest.approx(analyzer.head.score(rows[0]), abs=1e-6)
 
 
 def test_motion_gate_skips_still_frames_and_runs_on_movement(tmp_path: Path) -> None:
@@ -93,7 +127,7 @@ def test_analyze_video_alert_time_follows_smoothing() -> None:
     clip = dev / "clips" / "fi001.mp4"
     backbone = load_backbone(require_models())
     eager = VideoConfig(smoothing=SmoothingConfig(on=0.5, off=0.3, k=1, n=1, fast=None))
-    strict = VideoConfig(smoothing=SmoothingConfig(on=0.5, off=0.3, k=3, n=3, fast=None))
+    strict = VideoConfig(smoothing=SmoothingConfig(on=0.5, off=0.3, k=5, n=5, fast=None))
     early = analyze_video(clip, build_analyzer(eager, backbone), eager, "a")
     late = analyze_video(clip, build_analyzer(strict, backbone), strict, "a")
     assert early
