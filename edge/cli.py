@@ -67,6 +67,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     model = load_yamnet(config)
     print(f"model: ok ({config.audio.model}, sha256 verified, {model.runtime})")
     print(f"broker: ok ({_reach_broker(config)})")
+    if config.listener.enabled:
+        from edge.secrets import require_secret
+        from edge.upload import check_listener
+
+        url = check_listener(config.listener, require_secret("api_token"))
+        print(f"listener: ok ({url}, token accepted; clips are uploaded)")
     return 0
 
 

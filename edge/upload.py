@@ -299,8 +299,7 @@ class Uploader:
     ) -> tuple[int, str, float | None]:
         """One PUT of `file`: (status, reason, Retry-After seconds)."""
         url = self._url
-        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = kind(url.netloc, timeout=self.config.timeout_s)
+        conn = _connection(url, self.config.timeout_s)
         target = f"{url.path}/api/alerts/{urllib.parse.quote(alert_id, safe='')}/clip"
         try:
             with file.open("rb") as body:
@@ -316,6 +315,37 @@ class Uploader:
             return response.status, _reason(response.reason, text), _seconds(retry)
         finally:
             conn.close()
+
+
+def _connection(url: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
+    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    return kind(url.netloc, timeout=timeout)
+
+
+def check_listener(config: ListenerConfig, token: str) -> str:
+    """`safeguard check`: the listener answers an authenticated request with this token.
+    Returns the URL; DeliveryError saying what is wrong otherwise."""
+    url = urllib.parse.urlsplit(config.url)
+    conn = _connection(url, config.timeout_s)
+    try:
+        conn.request("GET", f"{url.path}/api/devices", headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        reason = _reason(response.reason, response.read(4096).decode("utf-8", "replace"))
+    except OSError as exc:
+        raise DeliveryError(f"cannot reach the listener at {config.url}: {exc}") from None
+    finally:
+        conn.close()
+    if response.status in AUTH_STATUS:
+        raise DeliveryError(
+            f"the listener at {config.url} refused the api_token (HTTP {response.status}: "
+            f"{reason}); set SAFEGUARD_API_TOKEN or $CREDENTIALS_DIRECTORY/api_token to its token"
+        )
+    if response.status != 200:
+        raise DeliveryError(
+            f"the listener at {config.url} answered HTTP {response.status} ({reason}): "
+            "is this the listener's base URL?"
+        )
+    return config.url
 
 
 def _reason(phrase: str, body: str) -> str:

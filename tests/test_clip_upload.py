@@ -422,3 +422,40 @@ def test_safeguard_run_on_a_scream_leaves_the_clip_on_the_listener(
     with sqlite3.connect(queue) as db:
         assert db.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
         assert dict(db.execute("SELECT name, value FROM counters"))["sent"] == 1
+
+
+def test_safeguard_check_tries_the_listener_and_its_token(
+    listener: Listener, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`safeguard check` with upload on: the listener must accept the token; a wrong token and
+    an unreachable listener are each one clear line and a failing exit."""
+    listener.start()
+
+    def check(url: str, token: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / "check.yaml"
+        config.write_text(
+            f"device: {{id: check-pi}}\nstorage: {{dir: {tmp_path / 'state'}}}\n"
+            f"models: {{dir: {require_models()}}}\n"
+            f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n"
+            f"listener: {{enabled: true, url: '{url}', timeout_s: 5}}\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "edge.cli", "check", "--config", str(config)],
+            cwd=ROOT,
+            env={**os.environ, "SAFEGUARD_API_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    good = check(listener.url, TOKEN)
+    assert good.returncode == 0, good.stderr
+    assert f"listener: ok ({listener.url}" in good.stdout
+    wrong = check(listener.url, "not-the-token")
+    assert wrong.returncode != 0
+    assert "refused the api_token (HTTP 401" in wrong.stderr
+    closed = f"http://127.0.0.1:{free_port()}"
+    down = check(closed, TOKEN)
+    assert down.returncode != 0
+    assert f"cannot reach the listener at {closed}" in down.stderr
