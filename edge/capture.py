@@ -146,6 +146,11 @@ class MicSource:
 
     def _open(self, sd: Any) -> Any:
         device = self._device(sd)
+        if device is None and not any(d["max_input_channels"] > 0 for d in sd.query_devices()):
+            raise CaptureError(
+                "no audio input device: plug in a microphone, or set audio.source "
+                "(`python -m sounddevice` lists the devices)"
+            )
         info = sd.query_devices(device, "input")
         rate = int(self._rate or info["default_samplerate"])
         channels = int(self._channels or max(1, min(int(info["max_input_channels"]), 2)))

@@ -15,6 +15,7 @@ import pytest
 
 from edge import decode
 from edge.capture import MicSource
+from edge.errors import CaptureError
 from edge.ring import AudioRing
 from tests.helpers import AUDIO_DEV, require_shared
 
@@ -158,3 +159,17 @@ def test_capture_comes_back_when_the_audio_server_returns(pulse: Pulse) -> None:
         assert source.stats.error == ""
     finally:
         source.stop()
+
+
+def test_no_input_device_at_all_says_so() -> None:
+    """What PortAudio reports on a board with no microphone (an empty device list, the default
+    input -1) becomes an error a user can act on, not "Error querying device -1"."""
+
+    class NoDevices:  # sounddevice's query_devices on such a board
+        @staticmethod
+        def query_devices(*_args: object) -> list[dict[str, object]]:
+            return []
+
+    source = MicSource("default", AudioRing(RATE), retry_max_s=1.0)
+    with pytest.raises(CaptureError, match="no audio input device: plug in a microphone"):
+        source._open(NoDevices())
