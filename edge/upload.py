@@ -46,6 +46,10 @@ CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg
 RETRY_STATUS = frozenset({404, 408, 429})
 AUTH_STATUS = frozenset({401, 403})
 COUNTERS = ("sent", "rejected", "missing", "expired", "failed_attempts")
+_COUNT = (
+    "INSERT INTO counters (name, value) VALUES (?, 1)"
+    " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -165,15 +169,18 @@ class Uploader:
         return True
 
     def _count(self, name: str) -> None:
-        self._sql(
-            "INSERT INTO counters (name, value) VALUES (?, 1)"
-            " ON CONFLICT (name) DO UPDATE SET value = value + 1",
-            (name,),
-        )
+        self._sql(_COUNT, (name,))
 
     def _drop(self, alert_id: str, counter: str) -> None:
-        self._sql("DELETE FROM uploads WHERE alert_id = ?", (alert_id,))
-        self._count(counter)
+        """Removes an upload and counts why, in one transaction (never one without the other)."""
+        with self._lock:
+            try:
+                with self._db:  # sqlite3's context manager needs an open transaction
+                    self._db.execute("BEGIN")
+                    self._db.execute("DELETE FROM uploads WHERE alert_id = ?", (alert_id,))
+                    self._db.execute(_COUNT, (counter,))
+            except sqlite3.Error as exc:
+                raise DeliveryError(f"upload queue: {exc}") from None
 
     def pending(self) -> int:
         return int(self._sql("SELECT count(*) FROM uploads")[0][0])
@@ -265,8 +272,7 @@ class Uploader:
             status, reason, retry_after = 0, f"listener unreachable: {exc}", None
         if 200 <= status < 300:
             self._server_failures = 0
-            self._sql("DELETE FROM uploads WHERE alert_id = ?", (alert_id,))
-            self._count("sent")
+            self._drop(alert_id, "sent")
             log.info("clip of alert %s uploaded: %s (%d bytes)", alert_id, file.name, size)
             return
         what = f"HTTP {status}: {reason}" if status else reason
