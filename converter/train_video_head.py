@@ -9,7 +9,10 @@ feature row per phase (cached under bench/cache/video). The head is a standardis
 regression; its L2 strength and the weight of the flow block beside the 3072 embedding
 features are chosen by grouped cross-validation inside each training fold. Groups are runs of
 neighbouring clip numbers (clips cut from the same recording), so no recording is in training
-and test at once; the reported numbers are out-of-fold only.
+and test at once; the reported numbers are out-of-fold only. With `--mirror`, horizontally
+mirrored copies of the training clips (features of cv2.flip(frame, 1), same feature code) are
+added to every training fold and to the final fit (the default; `--no-mirror` turns it off);
+test folds are always scored unmirrored.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -82,12 +86,16 @@ def load_clips(data: Path, group_size: int = 10) -> list[Clip]:
     return clips
 
 
-def clip_features(backbone: Backbone, path: Path, sampling: Sampling) -> F32:
+def clip_features(
+    backbone: Backbone, path: Path, sampling: Sampling, *, mirror: bool = False
+) -> F32:
     """[phases, FEATURES]: the features after the first `window` analysed frames (or all the
-    clip has) from each sampling phase; cached on disk."""
+    clip has) from each sampling phase, of the frames mirrored left-right if `mirror`; cached
+    on disk."""
     fps, window = sampling.fps, sampling.window
     stat = path.stat()
     tag = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sampling}|{PHASES}|{CODE}"
+    tag += "|mirror" if mirror else ""
     cached = CACHE / (hashlib.md5(tag.encode(), usedforsecurity=False).hexdigest() + ".npy")
     if cached.is_file():
         return np.asarray(np.load(cached), np.float32)
@@ -98,7 +106,7 @@ def clip_features(backbone: Backbone, path: Path, sampling: Sampling) -> F32:
         for n, (_t, frame) in enumerate(frames):
             if n == window:
                 break
-            last = features.push(frame)
+            last = features.push(np.ascontiguousarray(cv2.flip(frame, 1)) if mirror else frame)
         if last is not None:
             rows.append(last)
     if not rows:
@@ -129,6 +137,8 @@ def _scores(head: VideoHead, feats: list[F32], idx: Sequence[int]) -> F32:
 def _fit(
     feats: list[F32], y: I64, idx: Sequence[int], params: tuple[float, float], sampling: Sampling
 ) -> VideoHead:
+    """The head fitted on the rows of clips `idx` (`feats` are training rows: with `--mirror`
+    a clip's original and mirrored rows)."""
     x = np.concatenate([feats[i] for i in idx])
     yy = np.concatenate([[y[i]] * len(feats[i]) for i in idx])
     return make_head(x, yy, *params, sampling)
@@ -142,8 +152,10 @@ def choose(  # noqa: PLR0917
     grid: list[tuple[float, float]],
     folds: int,
     sampling: Sampling,
+    train_feats: list[F32] | None = None,
 ) -> tuple[float, float]:
-    """The (C, flow weight) of `grid` with the best grouped-CV ROC AUC on clips `idx`."""
+    """The (C, flow weight) of `grid` with the best grouped-CV ROC AUC on clips `idx`: fitted
+    on `train_feats` (default `feats`), scored on `feats`."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
@@ -155,7 +167,8 @@ def choose(  # noqa: PLR0917
     for params in grid:
         oof = np.zeros(len(clips), np.float32)
         for train, test in splits:
-            oof[test] = _scores(_fit(feats, y, clips[train], params, sampling), feats, clips[test])
+            head = _fit(train_feats or feats, y, clips[train], params, sampling)
+            oof[test] = _scores(head, feats, clips[test])
         auc = float(roc_auc_score(y[clips], oof))
         log.debug("C, flow weight = %s: inner ROC AUC %.4f", params, auc)
         if auc > best_auc:
@@ -163,23 +176,26 @@ def choose(  # noqa: PLR0917
     return best
 
 
-def cross_validate(
+def cross_validate(  # noqa: PLR0917
     feats: list[F32],
     clips: list[Clip],
     folds: int,
     grid: list[tuple[float, float]],
     sampling: Sampling,
+    train_feats: list[F32] | None = None,
 ) -> F32:
-    """Out-of-fold clip scores, grouped by recording; hyperparameters chosen inside each fold."""
+    """Out-of-fold clip scores, grouped by recording; hyperparameters chosen inside each fold.
+    Heads are fitted on `train_feats` (default `feats`: e.g. with mirrored rows added), test
+    folds are scored on `feats` only."""
     from sklearn.model_selection import GroupKFold
 
     y = np.array([cl.label for cl in clips])
     groups = [cl.group for cl in clips]
     scores = np.zeros(len(clips), np.float32)
     for train, test in GroupKFold(n_splits=folds).split(y, y, groups):
-        params = choose(feats, y, groups, train, grid, folds - 1, sampling)
+        params = choose(feats, y, groups, train, grid, folds - 1, sampling, train_feats)
         log.info("fold: C, flow weight = %s", params)
-        scores[test] = _scores(_fit(feats, y, train, params, sampling), feats, test)
+        scores[test] = _scores(_fit(train_feats or feats, y, train, params, sampling), feats, test)
     return scores
 
 
@@ -211,6 +227,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="weights of the flow features against the embeddings")  # fmt: skip
     p.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds")
     p.add_argument("--max-fp", type=float, default=0.10, help="negative clips allowed to flag")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                   help="add left-right mirrored copies of the training clips (training folds "
+                   "and final fit only; test folds are scored unmirrored)")  # fmt: skip
     return p
 
 
@@ -222,16 +241,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     backbone = Backbone(verify(spec, args.models))
     sampling = Sampling(args.fps, args.width, args.window, args.stride)
     feats = [clip_features(backbone, cl.path, sampling) for cl in clips]
+    train_feats = feats
+    if args.mirror:
+        mirrored = [clip_features(backbone, cl.path, sampling, mirror=True) for cl in clips]
+        train_feats = [np.concatenate([f, m]) for f, m in zip(feats, mirrored, strict=True)]
     y = np.array([cl.label for cl in clips])
     grid = list(itertools.product(args.c, args.flow_weight))
-    oof = cross_validate(feats, clips, args.folds, grid, sampling)
+    oof = cross_validate(feats, clips, args.folds, grid, sampling, train_feats)
     cv = metrics(oof, y, args.max_fp)
-    sys.stdout.write(f"cross-validated ({args.folds} grouped folds, {len(clips)} clips): {cv}\n")
+    mirror = ", mirrored training copies" if args.mirror else ""
+    sys.stdout.write(
+        f"cross-validated ({args.folds} grouped folds, {len(clips)} clips{mirror}): {cv}\n"
+    )
     if args.out is not None:
         every = range(len(clips))
         groups = [cl.group for cl in clips]
-        c, fw = choose(feats, y, groups, every, grid, args.folds, sampling)
-        head = _fit(feats, y, every, (c, fw), sampling)
+        c, fw = choose(feats, y, groups, every, grid, args.folds, sampling, train_feats)
+        head = _fit(train_feats, y, every, (c, fw), sampling)
         meta = {
             "category": "violence",
             "training_data": f"{args.data} ({int(y.sum())} violence, {int((1 - y).sum())} none)",
@@ -240,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **{k: getattr(args, k) for k in ("fps", "width", "window", "stride")},
                 "c": c,
                 "flow_weight": fw,
+                "mirror": args.mirror,
             },
             "command": shlex.join(["python", "-m", "converter.train_video_head", *sys.argv[1:]]),
         }

@@ -79,6 +79,44 @@ def test_daemon_scores_exactly_what_the_head_was_trained_on(
     assert scores[sampling.window - 1] == pytest.approx(analyzer.head.score(rows[0]), abs=1e-6)
 
 
+def test_mirrored_training_copies_are_cached_apart_and_mirror_the_scene(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
+    backbone = load_backbone(require_models())
+    monkeypatch.setattr(train_video_head, "CACHE", tmp_path)
+    sampling = train_video_head.Sampling()
+    rows = train_video_head.clip_features(backbone, clip, sampling)
+    mirrored = train_video_head.clip_features(backbone, clip, sampling, mirror=True)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert mirrored.shape == rows.shape
+    assert not np.allclose(mirrored, rows)
+    # mirroring keeps the amount of motion: the mean flow speed is (nearly) the same
+    speed = FEATURES - WINDOW_SIZE  # the first flow feature: window mean of log mean speed
+    assert mirrored[:, speed] == pytest.approx(rows[:, speed], abs=0.05)
+    again = train_video_head.clip_features(backbone, clip, sampling, mirror=True)
+    assert np.array_equal(again, mirrored)
+
+
+def test_cross_validation_never_trains_on_the_test_folds_extra_copies() -> None:
+    from sklearn.model_selection import GroupKFold
+
+    rng = np.random.default_rng(3)
+    y = np.array([0, 1] * 20)
+    clips = [train_video_head.Clip(Path(f"c{i}.mp4"), int(y[i]), f"g{i // 4}") for i in range(40)]
+    feats = [(rng.normal(size=(2, 6)) + y[i]).astype(np.float32) for i in range(40)]
+    extra = [np.concatenate([f, f[:, ::-1]]) for f in feats]
+    grid, sampling = [(1.0, 1.0)], train_video_head.Sampling()
+    scores = train_video_head.cross_validate(feats, clips, 5, grid, sampling, extra)
+    _, test = next(GroupKFold(n_splits=5).split(y, y, [c.group for c in clips]))
+    spoiled = list(extra)
+    for i in test:  # the held-out clips' training copies, mislabelled in effect
+        spoiled[i] = np.concatenate([feats[i], feats[i] + 5 * (1 - 2 * y[i])])
+    again = train_video_head.cross_validate(feats, clips, 5, grid, sampling, spoiled)
+    assert np.array_equal(again[test], scores[test])  # the test fold is scored as before
+    assert not np.array_equal(again, scores)  # the copies do train the other folds
+
+
 def test_motion_gate_skips_still_frames_and_runs_on_movement(tmp_path: Path) -> None:
     video = tmp_path / "square.mp4"
     moving_square(video, seconds=4.0, still_until=2.0)
