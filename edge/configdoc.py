@@ -16,12 +16,15 @@ from pydantic_core import PydanticUndefined
 from edge.config import Config
 
 
-def _default(field: FieldInfo) -> str:
-    if field.default_factory is not None:
+def _default(field: FieldInfo, given: Any = PydanticUndefined) -> str:
+    """The field's default; `given` where the enclosing model's default sets it (a section
+    whose default is a whole instance, like the violence smoothing)."""
+    value = field.default if given is PydanticUndefined else given
+    if given is PydanticUndefined and field.default_factory is not None:
         return "(computed)" if field.default is PydanticUndefined else repr(field.default)
-    if field.default is PydanticUndefined:
+    if value is PydanticUndefined:
         return "(required)"
-    return "null" if field.default is None else f"`{field.default}`"
+    return "null" if value is None else f"`{value}`"
 
 
 def _bounds(field: FieldInfo) -> str:
@@ -42,19 +45,21 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+def rows(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[str]:
     out = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         nested = _model_of(field.annotation)
+        given = getattr(defaults, name) if defaults is not None else PydanticUndefined
         if getattr(field.annotation, "__origin__", None) is dict:
             key = f"{key}.<name>"
         description = (field.description or "").replace("|", "\\|")
         if nested is not None:
+            inner = given if isinstance(given, BaseModel) else field.default
             out.append(f"| **`{key}`** | | | {description} |")
-            out.extend(rows(nested, f"{key}."))
+            out.extend(rows(nested, f"{key}.", inner if isinstance(inner, BaseModel) else None))
         else:
-            out.append(f"| `{key}` | {_default(field)} | {_bounds(field)} | {description} |")
+            out.append(f"| `{key}` | {_default(field, given)} | {_bounds(field)} | {description} |")
     return out
 
 
