@@ -93,6 +93,22 @@ def prune(
 
 
 @functools.cache
+def add_sound(mp4: Path, wav: Path, seconds: float, timeout: float = 60.0) -> None:
+    """Puts `wav` into `mp4` as an AAC track (the picture stream-copied, the sound cut at the
+    picture's length), so that a browser plays the clip with its sound."""
+    out = mp4.with_suffix(".sound.mp4")
+    done = subprocess.run(
+        [shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-y", "-i", str(mp4),
+         "-t", f"{seconds:.4f}", "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0",
+         "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart", str(out)],
+        capture_output=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise OSError(f"ffmpeg: {done.stderr.decode(errors='replace')[-300:]}")
+    out.replace(mp4)
+
+
 def video_encoder() -> list[str] | None:
     """ffmpeg encoder arguments: H.264 (libx264) when available, else MPEG-4 part 2."""
     exe = shutil.which("ffmpeg")
@@ -409,6 +425,13 @@ class ClipWriter:
                 "duration_s": round(duration, 4),
                 "sha256": sha256(track.path),
             }
+        if "audio" in clip and "video" in clip:  # one file that plays with its sound
+            try:
+                video = clip["video"]
+                add_sound(Path(video["path"]), Path(clip["audio"]["path"]), video["duration_s"])
+                video["sha256"], video["sound"] = sha256(Path(video["path"])), True
+            except (OSError, subprocess.TimeoutExpired) as exc:  # the picture alone is kept
+                log.warning("could not add the sound to %s: %s", clip["video"]["path"], exc)
         if job.audio is not None:
             self.stats.lost_samples += job.audio.lost
         if job.video is not None:

@@ -80,9 +80,10 @@ class ListenerConfig(BaseModel):
         "anything beyond a trusted network).",
     )
     prefer: Literal["audio", "video"] = Field(
-        "audio",
+        "video",
         description="Which file of a clip with both sound and picture to upload (the "
-        "listener keeps one clip per alert); the other is used when only it exists.",
+        "listener keeps one clip per alert; the MP4 carries the sound too); the other is used "
+        "when only it exists.",
     )
     timeout_s: float = Field(
         30.0, ge=1, le=600, description="Connect and read timeout of one upload request."

@@ -112,6 +112,8 @@ def test_clip_boundaries_are_exact(tmp_path: Path) -> None:
     assert ffprobe(mp4, "stream=codec_name,nb_read_frames") == "h264,50"
     assert clip["video"]["duration_s"] == 5.0
     assert float(ffprobe(mp4, "format=duration", "")) == 5.0
+    assert ffprobe(mp4, "stream=codec_name", "a:0") == "aac"  # the MP4 plays with its sound
+    assert clip["video"]["sound"] is True
     assert clip["video"]["sha256"] == hashlib.sha256(mp4.read_bytes()).hexdigest()
     assert writer.stats.written == 1
     assert writer.stats.lost_samples == 0
@@ -209,6 +211,9 @@ def test_daemon_writes_wav_and_mp4_clips_for_a_fight_with_a_scream(tmp_path: Pat
         assert frames == round(clip["video"]["duration_s"] * 15)  # video.max_fps
         assert abs(float(ffprobe(mp4, "format=duration", "")) - clip["video"]["duration_s"]) < 0.07
         assert abs(clip["video"]["duration_s"] - clip["audio"]["duration_s"]) <= 1 / 15 + 1e-3
+        assert ffprobe(mp4, "stream=codec_name", "a:0") == "aac"
+        sound = float(ffprobe(mp4, "stream=duration", "a:0"))
+        assert clip["video"]["duration_s"] - 0.1 < sound <= clip["video"]["duration_s"] + 0.07
         assert clip["video"]["sha256"] == hashlib.sha256(mp4.read_bytes()).hexdigest()
 
 
