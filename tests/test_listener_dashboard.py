@@ -23,7 +23,7 @@ import pytest
 import soundfile
 from playwright.sync_api import BrowserContext, Page, sync_playwright
 
-from edge.clips import video_encoder
+from edge.clips import add_sound, video_encoder
 from tests.helpers import DeviceClient, Mosquitto, free_port, make_alert, wait_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -158,7 +158,7 @@ def put_clip(base: str, alert_id: str, path: Path, content_type: str) -> None:
 
 def media_files(folder: Path) -> dict[str, Path]:
     """A 3 s WAV (a tone, as the clip writer writes audio) and a 3 s MP4 made with the
-    encoder arguments the clip writer uses."""
+    encoder arguments the clip writer uses, carrying that WAV as its sound."""
     wav = folder / "clip.wav"
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 16000)
     soundfile.write(wav, tone, 16000, subtype="PCM_16")
@@ -170,6 +170,7 @@ def media_files(folder: Path) -> dict[str, Path]:
          "-t", "3", *encoder[1:], "-movflags", "+faststart", str(mp4)],
         check=True, timeout=60,
     )  # fmt: skip
+    add_sound(mp4, wav, 3.0)  # as the clip writer does: the MP4 plays with its sound
     return {"audio/wav": wav, "video/mp4": mp4}
 
 
@@ -223,6 +224,12 @@ def test_clip_plays_and_resolve_updates_the_api(
         assert state["visible"], state
         assert page.locator("#player-body audio, #player-body video").count() == 1  # one player
         assert page.get_attribute("#player-body a.clip-download", "href") == state["src"]
+        if tag == "video":  # Chromium decodes the MP4's sound track as it plays
+            page.wait_for_function(
+                "() => document.querySelector('#player-body video').webkitAudioDecodedByteCount"
+                " > 0",
+                timeout=10_000,
+            )
 
     # a clip this browser cannot decode says so (and can still be downloaded)
     broken = make_alert("porch-pi", category="scream", event="update")
