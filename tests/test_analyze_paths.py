@@ -3,8 +3,12 @@ model variants (Coral's model takes the whole file's frames at once in `analyze`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile
+import soxr
 
 from edge import decode
 from edge.analyze import analyze_audio, window_ends
@@ -62,3 +66,22 @@ def test_whole_file_frames_give_the_same_scores_as_per_window_frames() -> None:
         np.testing.assert_allclose(sliced.embedding, per_window.embedding, atol=0.03)
         compared += 1
     assert compared >= 15
+
+
+def test_whole_file_read_resamples_like_the_block_reader(tmp_path: Path) -> None:
+    """`analyze` reads a file in one go, the daemon's `file:` source block by block: a 44.1 kHz
+    stereo recording comes out of both as the same 16 kHz mono audio, and as the original."""
+    original = decode.read_all(require_shared(AUDIO_DEV / "streams" / "stream_01.flac"))
+    original = original[: RATE * 20]
+    stereo = soxr.resample(np.stack([original, 0.5 * original], axis=1), RATE, 44100)
+    path = tmp_path / "scene_44k_stereo.flac"
+    soundfile.write(path, stereo, 44100, subtype="PCM_24")
+
+    whole = decode.read_all(path)
+    blocks = np.concatenate(list(decode.blocks(path)))
+    assert whole.dtype == np.float32
+    assert abs(len(whole) - len(original)) <= 2
+    assert abs(len(blocks) - len(whole)) <= 2
+    n = min(len(whole), len(blocks), len(original))
+    assert np.corrcoef(whole[:n], blocks[:n])[0, 1] > 0.999
+    assert np.corrcoef(whole[:n], 0.75 * original[:n])[0, 1] > 0.999  # downmixed, in step

@@ -70,6 +70,25 @@ def test_analyze_json_contract(config: Path) -> None:
     assert "gunshot" in {e["category"] for e in lines}
 
 
+def test_analyze_of_audio_loads_no_video_or_delivery_libraries(config: Path) -> None:
+    """Start-up counts in `analyze` (bench.speed): audio files need neither OpenCV nor the
+    delivery path's twilio and reference JSON Schema validator."""
+    clip = str(require_shared(AUDIO_DEV) / GUNSHOT)
+    code = (
+        "import sys; from edge import cli; "
+        f"code = cli.main(['analyze', '--config', {str(config)!r}, '--json', {clip!r}]); "
+        "heavy = sorted(m for m in ('cv2', 'twilio', 'jsonschema') if m in sys.modules); "
+        "print('loaded:', heavy, file=sys.stderr); sys.exit(code or (1 if heavy else 0))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loaded: []" in result.stderr
+    assert '"category": "gunshot"' in result.stdout
+
+
 def test_analyze_mp4_and_mp3_match_the_original(config: Path, tmp_path: Path) -> None:
     wav = scene(tmp_path)
     mp4 = tmp_path / "scene.mp4"

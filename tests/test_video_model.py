@@ -14,7 +14,7 @@ from converter import train_video_head
 from edge.camera import file_frames
 from edge.flow import WINDOW_SIZE, dense_flow, flow_window_features, pair_stats
 from edge.smoothing import SmoothingConfig
-from edge.video import FEATURES, load_video_head
+from edge.video import FEATURES, Backbone, load_video_head
 from edge.videoconfig import VideoConfig
 from edge.videopipe import analyze_video, build_analyzer, load_backbone
 from models_tflite import HEADS
@@ -64,14 +64,22 @@ def test_flow_of_a_shifted_scene_is_the_shift_in_one_direction() -> None:
     assert np.isfinite(window).all()
 
 
-def test_daemon_scores_exactly_what_the_head_was_trained_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+Training = tuple[Path, Backbone, "train_video_head.Sampling", np.ndarray]
+
+
+@pytest.fixture
+def training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Training:
+    """A dev clip, the backbone, the training's sampling and the clip's training rows (the
+    feature cache in `tmp_path`)."""
     clip = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
     backbone = load_backbone(require_models())
     monkeypatch.setattr(train_video_head, "CACHE", tmp_path)
     sampling = train_video_head.Sampling()
-    rows = train_video_head.clip_features(backbone, clip, sampling)
+    return clip, backbone, sampling, train_video_head.clip_features(backbone, clip, sampling)
+
+
+def test_daemon_scores_exactly_what_the_head_was_trained_on(training: Training) -> None:
+    clip, backbone, sampling, rows = training
     assert rows.shape == (len(train_video_head.PHASES), FEATURES)
     config = VideoConfig(motion_threshold=0.0)
     analyzer = build_analyzer(config, backbone)
@@ -80,13 +88,9 @@ def test_daemon_scores_exactly_what_the_head_was_trained_on(
 
 
 def test_mirrored_training_copies_are_cached_apart_and_mirror_the_scene(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    training: Training, tmp_path: Path
 ) -> None:
-    clip = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
-    backbone = load_backbone(require_models())
-    monkeypatch.setattr(train_video_head, "CACHE", tmp_path)
-    sampling = train_video_head.Sampling()
-    rows = train_video_head.clip_features(backbone, clip, sampling)
+    clip, backbone, sampling, rows = training
     mirrored = train_video_head.clip_features(backbone, clip, sampling, mirror=True)
     assert len(list(tmp_path.glob("*.npy"))) == 2
     assert mirrored.shape == rows.shape
