@@ -327,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/audio-dev")
     parser.add_argument("--models", type=Path, default=ROOT / "var/models")
-    parser.add_argument("--variants", default="yamnet", help="comma-separated model variants")
+    parser.add_argument(
+        "--variants", default="yamnet_spectra_in", help="comma-separated model variants"
+    )
     parser.add_argument("--hops", default="0.25", help="comma-separated window hops (s)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)

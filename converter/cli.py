@@ -1,7 +1,7 @@
 """`safeguard-convert`: host-side model tools.
 
     safeguard-convert train-head --kind audio --data DIR_OR_LABELS_CSV --category NAME \
-        --out models_tflite/heads/NAME.npz [--models var/models] [--variant yamnet]
+        --out models_tflite/heads/NAME.npz [--models var/models] [--variant yamnet_spectra_in]
     safeguard-convert convert MODEL --rep-data DIR --out OUT.tflite
 """
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     head.add_argument(
         "--variant",
         choices=["yamnet", "yamnet_spectra_in"],
-        default="yamnet",
+        default="yamnet_spectra_in",
         help="the YAMNet the daemon runs (embeddings must come from the same model)",
     )
     head.add_argument("--hop", type=float, default=0.25, help="window hop in seconds")

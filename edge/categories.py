@@ -10,6 +10,7 @@ score silences the window. The score goes to the category's `Smoother`.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from edge.errors import ConfigError
 from edge.heads import HEADS_DIR, Head, load_head
 from edge.smoothing import SmoothingConfig
 from edge.yamnet import Window
+
+log = logging.getLogger(__name__)
 
 Severity = Literal["info", "warning", "critical"]
 Combine = Literal["rule", "head", "max", "mean"]
@@ -84,7 +87,8 @@ def _smoothing(**fields: float | None) -> SmoothingConfig:
 
 # Defaults measured on the dev data (bench/RESULTS.md, `## Audio quality`): the thresholds
 # are the cross-validated operating points that flag at most 0.5% of the `none` clips, for
-# the waveform `yamnet` model at a 0.25 s hop; vetoes were kept where they helped there.
+# the default `yamnet_spectra_in` model at a 0.25 s hop (the waveform `yamnet` measured the
+# same); vetoes were kept where they helped there.
 # Glass breaking is the exception: `on` 0.94 flags 1.7% of the `none` clips (0.96: 1.4%)
 # for 83% instead of 78% clip recall and one more of the 12 stream glass breaks.
 DEFAULT_CATEGORIES: dict[str, CategoryConfig] = {
@@ -144,6 +148,21 @@ def _class_indices(
     return np.array(found, dtype=np.intp)
 
 
+def _check_variant(head: Head, variant: str | None, key: str) -> None:
+    """Warns when a head was trained on the other YAMNet variant's embeddings: they are
+    close enough to work (bench/RESULTS.md) but a matching head scores best."""
+    trained = head.metadata.get("variant")
+    if variant is not None and trained is not None and trained != variant:
+        log.warning(
+            "%s was trained on %s embeddings but audio.model is %s; retrain it with "
+            "`safeguard-convert train-head --variant %s` for the best scores",
+            key,
+            trained,
+            variant,
+            variant,
+        )
+
+
 class CategoryScorer:
     """Scores every enabled category on one window; built once, then cheap per window."""
 
@@ -153,6 +172,7 @@ class CategoryScorer:
         labels: Sequence[str],
         heads_dir: Path = HEADS_DIR,
         path: str = "detection.categories",
+        variant: str | None = None,
     ) -> None:
         self.labels = list(labels)
         index = {name: i for i, name in enumerate(self.labels)}
@@ -164,6 +184,7 @@ class CategoryScorer:
             head = None
             if cfg.head is not None and cfg.combine != "rule":
                 head = load_head(heads_dir / cfg.head, len(self.labels), f"{key}.head")
+                _check_variant(head, variant, f"{key}.head")
             self._compiled.append(
                 _Compiled(
                     name,

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import os
 
-from edge import __version__
-from edge.config import Config, load_config
-from edge.errors import ConfigError, SafeguardError
+# One thread for numpy's BLAS, set before numpy loads: the daemon's matrix products are tiny
+# (the log-mel front end, 96x257 by 257x64 every 0.25 s) and OpenBLAS's worker threads spin
+# between calls: 43% of a core for the live daemon instead of 1.7% (bench/RESULTS.md).
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from edge import __version__  # noqa: E402
+from edge.config import Config, load_config  # noqa: E402
+from edge.errors import ConfigError, SafeguardError  # noqa: E402
 
 log = logging.getLogger("safeguard")
 DEFAULT_CONFIG = Path("/etc/safeguard/config.yaml")
@@ -34,8 +42,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _reach_broker(config: Config, timeout: float = 10.0) -> str:
     """Connect once as a side client (own client id, no session, no status messages)."""
-    import os
-
     from edge.mqtt import MqttLink
 
     side = config.mqtt.model_copy(

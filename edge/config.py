@@ -69,8 +69,9 @@ class AudioConfig(BaseModel):
         30.0, ge=2, le=600, description="Seconds of 16 kHz audio kept in the ring buffer."
     )
     model: Literal["yamnet", "yamnet_spectra_in"] = Field(
-        "yamnet",
-        description="YAMNet variant: Google's waveform model or Coral's fully-int8 one.",
+        "yamnet_spectra_in",
+        description="YAMNet variant: Coral's fully-int8 one (log-mel in, the faster) or "
+        "Google's waveform model; both detect the same (bench/RESULTS.md).",
     )
     hop_s: float = Field(
         0.25, ge=0.05, le=0.975, description="Time between analysed 0.975 s windows (10 ms steps)."

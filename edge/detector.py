@@ -38,7 +38,7 @@ class Detector:
     ) -> None:
         self.model = model
         self.categories = {n: c for n, c in categories.items() if c.enabled}
-        self.scorer = CategoryScorer(self.categories, model.labels)
+        self.scorer = CategoryScorer(self.categories, model.labels, variant=model.variant)
         self.smoothers = {n: Smoother(c.smoothing, WINDOW_S) for n, c in self.categories.items()}
         self.origin_wall = origin_wall
         self.stats = DetectorStats()

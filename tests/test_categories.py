@@ -114,3 +114,18 @@ def test_default_categories_name_real_yamnet_classes() -> None:
     labels = labels_from_model(require_models() / "yamnet.tflite")
     scorer = CategoryScorer(DEFAULT_CATEGORIES, labels)
     assert set(scorer.categories) == {"scream", "gunshot", "glass_break"}
+
+
+def test_a_head_of_the_other_model_variant_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shipped heads are trained on the default model's embeddings; the waveform model's
+    are close enough to use them (test_detection_clips), but the user is told to retrain."""
+    from edge.yamnet import labels_from_model
+
+    labels = labels_from_model(require_models() / "yamnet.tflite")
+    CategoryScorer(DEFAULT_CATEGORIES, labels, variant="yamnet_spectra_in")
+    assert "trained on" not in caplog.text
+    CategoryScorer(DEFAULT_CATEGORIES, labels, variant="yamnet")
+    assert "detection.categories.glass_break.head was trained on yamnet_spectra_in" in caplog.text
+    assert "train-head --variant yamnet" in caplog.text

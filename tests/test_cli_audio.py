@@ -89,6 +89,24 @@ def test_analyze_of_audio_loads_no_video_or_delivery_libraries(config: Path) -> 
     assert '"category": "gunshot"' in result.stdout
 
 
+def test_the_cli_runs_numpy_on_one_blas_thread() -> None:
+    """OpenBLAS's worker threads spin between the daemon's tiny matrix products (the live
+    daemon took 43% of a core instead of 1.7%, bench.speed): the CLI pins BLAS to one thread
+    before numpy loads, unless the user set it."""
+    code = (
+        "import edge.cli, numpy, threadpoolctl; "
+        "print(max(p['num_threads'] for p in threadpoolctl.threadpool_info()))"
+    )
+    blas = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in blas}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1"
+
+
 def test_analyze_mp4_and_mp3_match_the_original(config: Path, tmp_path: Path) -> None:
     wav = scene(tmp_path)
     mp4 = tmp_path / "scene.mp4"
@@ -151,7 +169,7 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     config.write_text(f"models: {{dir: {tmp_path}}}\nstorage: {{dir: {tmp_path}}}\n")
     result = run_cli("analyze", "--config", str(config), str(tmp_path / "x.wav"))
     assert result.returncode == 1
-    assert "model yamnet is missing" in result.stderr
+    assert "model yamnet_spectra_in is missing" in result.stderr
     assert "safeguard models fetch" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -11,7 +11,7 @@ import soundfile as sf
 from edge.analyze import analyze_audio
 from edge.categories import DEFAULT_CATEGORIES
 from edge.detector import Detector
-from edge.yamnet import Yamnet, labels_from_model
+from edge.yamnet import Yamnet, labels_from_class_map, labels_from_model
 from tests.helpers import AUDIO_DEV, require_models, require_shared
 
 HOP = 4000  # 0.25 s, the default
@@ -47,10 +47,17 @@ HARD_NEGATIVES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model() -> Yamnet:
-    path = require_models() / "yamnet.tflite"
-    return Yamnet(path, "yamnet", labels_from_model(path))
+@pytest.fixture(scope="module", params=["yamnet_spectra_in", "yamnet"])
+def model(request: pytest.FixtureRequest) -> Yamnet:
+    """The default model, whose embeddings trained the shipped heads, and the waveform model,
+    on which the same heads must still work (its embeddings are close)."""
+    models = require_models()
+    if request.param == "yamnet":
+        return Yamnet(
+            models / "yamnet.tflite", "yamnet", labels_from_model(models / "yamnet.tflite")
+        )
+    labels = labels_from_class_map(models / "yamnet_class_map.csv")
+    return Yamnet(models / "yamnet_spectra_in.tflite", "yamnet_spectra_in", labels)
 
 
 def detected(model: Yamnet, clip: str) -> set[str]:
