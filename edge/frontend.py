@@ -18,7 +18,7 @@ MEL_BANDS = 64
 PATCH_FRAMES = 96
 PATCH_SAMPLES = WINDOW + (PATCH_FRAMES - 1) * HOP  # 15600
 LOG_OFFSET = 0.001
-CHUNK = 512  # frames per FFT block
+CHUNK = 256  # frames per FFT block
 
 F32 = npt.NDArray[np.float32]
 
@@ -65,10 +65,12 @@ class LogMel:
         strides = (audio.strides[0] * HOP, audio.strides[0])
         framed = np.lib.stride_tricks.as_strided(audio, (count, WINDOW), strides, writeable=False)
         out = np.empty((count, MEL_BANDS), np.float32)
+        block = np.zeros((min(CHUNK, count), FFT), np.float32)  # zero-padded to the FFT size
         for first in range(0, count, CHUNK):  # blocks that stay in cache: long files are fast
-            block = framed[first : first + CHUNK] * self._window
-            magnitude = np.abs(np.fft.rfft(block, n=FFT)).astype(np.float32)
-            out[first : first + CHUNK] = np.log(magnitude @ self._mel + self._offset)
+            n = min(CHUNK, count - first)
+            np.multiply(framed[first : first + n], self._window, out=block[:n, :WINDOW])
+            magnitude = np.abs(np.fft.rfft(block[:n]))
+            np.log(magnitude @ self._mel + self._offset, out=out[first : first + n])
         return out
 
     def patch(self, audio: F32) -> F32:
