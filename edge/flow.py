@@ -23,6 +23,7 @@ GLOBAL_STATS = 19
 CELLS = 4 * GRID[0] * GRID[1]
 PAIR_SIZE = GLOBAL_STATS + CELLS + 1  # global stats, per-cell (u, v, |flow|, moving), change
 WINDOW_SIZE = 3 * GLOBAL_STATS + 3 + 14
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 
 
 def flow_gray(frame: U8) -> U8:
@@ -35,6 +36,26 @@ def dense_flow(previous: U8, current: U8) -> F32:
     """Farneback's dense flow [h, w, 2] (pixels of the flow frame) from `previous`."""
     out = cv2.calcOpticalFlowFarneback(previous, current, None, *FARNEBACK)  # type: ignore[call-overload]
     return np.asarray(out, np.float32)
+
+
+def motion_box(flow: F32, shape: tuple[int, ...], previous: Box | None = None) -> Box:
+    """The square of a frame of `shape` around where `flow` moves, for the backbone to look
+    at: pixels faster than 1 px per pair, 5th to 95th percentile of their positions, enlarged
+    1.4 times, at least half the frame's short side. With fewer than 20 moving pixels, the
+    `previous` box (or the whole frame)."""
+    speed = np.hypot(flow[..., 0], flow[..., 1])
+    ys, xs = np.nonzero(speed > 1.0)
+    height, width = shape[0], shape[1]
+    if len(xs) < 20:
+        return previous or (0, 0, width, height)
+    fy, fx = height / speed.shape[0], width / speed.shape[1]
+    x0, x1 = np.percentile(xs, [5, 95]) * fx
+    y0, y1 = np.percentile(ys, [5, 95]) * fy
+    side = max(x1 - x0, y1 - y0) * 1.4
+    side = min(max(side, min(width, height) / 2), max(width, height))
+    left = int(np.clip((x0 + x1 - side) / 2, 0, max(0.0, width - side)))
+    top = int(np.clip((y0 + y1 - side) / 2, 0, max(0.0, height - side)))
+    return left, top, int(min(width, left + side)), int(min(height, top + side))
 
 
 def _blocks(a: F32, rows: int, cols: int) -> F32:

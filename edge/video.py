@@ -3,8 +3,10 @@ over a window of frames -> the violence head -> smoothing -> events.
 
 Single frames are weak evidence of a fight; movement over time is strong. Every analysed frame
 gets the dense flow to the previous one (`edge.flow`); every `stride`-th analysed frame the
-backbone embeds the frame itself and the (amplified) difference to the previous embedded
-frame. The head sees statistics of both over the last `window` analysed frames.
+backbone embeds the region that moves (`edge.flow.motion_box`, from the latest flow) and the
+(amplified) difference of that region to the previous embedded frame: in a surveillance view
+the fight is a small part of the picture. The head sees statistics of both over the last
+`window` analysed frames.
 `WindowFeatures` computes them for the live daemon, `safeguard analyze` and the head's
 training alike.
 """
@@ -26,7 +28,15 @@ import numpy.typing as npt
 from edge.backend import TFLiteModel
 from edge.errors import ConfigError
 from edge.events import Event, Severity
-from edge.flow import WINDOW_SIZE, dense_flow, flow_gray, flow_window_features, pair_stats
+from edge.flow import (
+    WINDOW_SIZE,
+    Box,
+    dense_flow,
+    flow_gray,
+    flow_window_features,
+    motion_box,
+    pair_stats,
+)
 from edge.heads import read_npz
 from edge.smoothing import Smoother, SmoothingConfig
 
@@ -114,7 +124,8 @@ class WindowFeatures:
         self._count = 0
         self._gray: U8 | None = None
         self._flow: F32 | None = None
-        self._rgb: U8 | None = None
+        self._box: Box | None = None
+        self._embedded: U8 | None = None  # the last frame the backbone saw (whole)
 
     def push(self, frame: U8) -> F32 | None:
         gray = flow_gray(frame)
@@ -122,13 +133,16 @@ class WindowFeatures:
             flow = dense_flow(self._gray, gray)
             self._pairs.append(pair_stats(flow, self._flow))
             self._flow = flow
+            self._box = motion_box(flow, frame.shape, self._box)
         self._gray = gray
-        if self._count % self.stride == 0:
-            rgb = backbone_input(frame)
+        if self._count % self.stride == 0 and self._box is not None:
+            x0, y0, x1, y1 = self._box
+            rgb = backbone_input(np.ascontiguousarray(frame[y0:y1, x0:x1]))
             self._frames.append(self.backbone.embed(rgb))
-            if self._rgb is not None:
-                self._diffs.append(self.backbone.embed(difference_input(rgb, self._rgb)))
-            self._rgb = rgb
+            if self._embedded is not None:
+                before = backbone_input(np.ascontiguousarray(self._embedded[y0:y1, x0:x1]))
+                self._diffs.append(self.backbone.embed(difference_input(rgb, before)))
+            self._embedded = frame
         self._count += 1
         if len(self._pairs) < max(2, self.window // 2) or not self._diffs:
             return None

@@ -12,7 +12,7 @@ import pytest
 
 from converter import train_video_head
 from edge.camera import file_frames
-from edge.flow import WINDOW_SIZE, dense_flow, flow_window_features, pair_stats
+from edge.flow import WINDOW_SIZE, dense_flow, flow_window_features, motion_box, pair_stats
 from edge.smoothing import SmoothingConfig
 from edge.video import FEATURES, Backbone, load_video_head
 from edge.videoconfig import VideoConfig
@@ -62,6 +62,23 @@ def test_flow_of_a_shifted_scene_is_the_shift_in_one_direction() -> None:
     window = flow_window_features(np.stack([stats, pair_stats(flow, flow)]))
     assert window.shape == (WINDOW_SIZE,)
     assert np.isfinite(window).all()
+
+
+def test_the_backbone_looks_where_the_scene_moves() -> None:
+    """`motion_box`: a square around the moving pixels (in frame pixels, from the 160x120 flow
+    field), never smaller than half the short side; too little motion keeps the last box."""
+    flow = np.zeros((120, 160, 2), np.float32)
+    flow[60:90, 110:140, 0] = 4.0  # something moves in the lower right
+    x0, y0, x1, y1 = motion_box(flow, (240, 320, 3))
+    assert x1 - x0 == y1 - y0 == 120  # 30 flow px = 60 frame px, x1.4 = 84 -> at least 120
+    assert x0 <= 220 and x1 >= 280 and y0 <= 120 and y1 >= 180  # holds the moving region
+    assert 0 <= x0 and x1 <= 320 and 0 <= y0 and y1 <= 240
+    big = np.zeros_like(flow)
+    big[10:110, 10:150, 1] = 3.0  # most of the picture moves: most of the picture is seen
+    assert motion_box(big, (240, 320, 3)) == (0, 0, 320, 240)
+    still = np.zeros_like(flow)
+    assert motion_box(still, (240, 320, 3), (1, 2, 3, 4)) == (1, 2, 3, 4)
+    assert motion_box(still, (240, 320, 3)) == (0, 0, 320, 240)
 
 
 Training = tuple[Path, Backbone, "train_video_head.Sampling", np.ndarray]
