@@ -71,8 +71,13 @@ def test_the_backbone_looks_where_the_scene_moves() -> None:
     flow[60:90, 110:140, 0] = 4.0  # something moves in the lower right
     x0, y0, x1, y1 = motion_box(flow, (240, 320, 3))
     assert x1 - x0 == y1 - y0 == 120  # 30 flow px = 60 frame px, x1.4 = 84 -> at least 120
-    assert x0 <= 220 and x1 >= 280 and y0 <= 120 and y1 >= 180  # holds the moving region
-    assert 0 <= x0 and x1 <= 320 and 0 <= y0 and y1 <= 240
+    assert x0 <= 220  # holds the moving region, 220..280 x 120..180
+    assert y0 <= 120
+    assert x1 >= 280
+    assert y1 >= 180
+    assert min(x0, y0) >= 0  # inside the frame
+    assert x1 <= 320
+    assert y1 <= 240
     big = np.zeros_like(flow)
     big[10:110, 10:150, 1] = 3.0  # most of the picture moves: most of the picture is seen
     assert motion_box(big, (240, 320, 3)) == (0, 0, 320, 240)
