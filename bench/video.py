@@ -52,9 +52,10 @@ def daemon_cpu(seconds: float) -> float:
     """Share of one core the daemon (and the clip encoders it runs) uses after start-up."""
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "cam.mp4"
+        length = seconds + WARM_UP_S + 10
         subprocess.run(
             ["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-             f"testsrc2=size=640x480:rate=25:duration={seconds + WARM_UP_S + 10:g}", "-pix_fmt", "yuv420p",
+             f"testsrc2=size=640x480:rate=25:duration={length:g}", "-pix_fmt", "yuv420p",
              str(video)],
             check=True, timeout=120,
         )  # fmt: skip
