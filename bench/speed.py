@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "var" / "models"
 STREAM = ROOT.parent / "shared" / "data" / "audio-dev" / "streams" / "stream_00.flac"
 TICK = os.sysconf("SC_CLK_TCK")
+WARM_UP_S = 6.0
 
 
 def bare_invokes(audio: np.ndarray, hop_s: float = 0.48) -> float:
@@ -78,8 +79,18 @@ def analyze_process(stream: Path, config: Path) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and of the children it has waited for (e.g. clip encoders)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return sum(int(f) for f in fields[11:15]) / TICK
+
+
+def steady_share(pid: int, seconds: float, warm_up_s: float = WARM_UP_S) -> float:
+    """Share of one core `pid` uses over `seconds`, after `warm_up_s` of start-up (imports,
+    model loading), which is not the steady state."""
+    time.sleep(warm_up_s)
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
 
 
 def rss_mb(pid: int) -> float:
@@ -98,10 +109,7 @@ def daemon_load(stream: Path, folder: Path, seconds: float) -> tuple[float, floa
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(5)  # start-up (imports, model load) is not the steady state
-        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(seconds)
-        share = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
+        share = steady_share(proc.pid, seconds)
         peak = rss_mb(proc.pid)
     finally:
         proc.terminate()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.speed import WARM_UP_S, steady_share
 from converter.train_video_head import (
     C_GRID,
     FLOW_WEIGHTS,
@@ -45,9 +45,6 @@ def model_fps(frames: int = 200) -> float:
     return frames / (time.perf_counter() - began)
 
 
-WARM_UP_S = 6.0
-
-
 def daemon_cpu(seconds: float) -> float:
     """Share of one core the daemon (and the clip encoders it runs) uses after start-up."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,27 +61,16 @@ def daemon_cpu(seconds: float) -> float:
             f"models: {{dir: {MODELS}}}\nstorage: {{dir: {tmp}}}\naudio: {{source: none}}\n"
             f"video: {{source: 'file:{video}'}}\nmqtt: {{host: 127.0.0.1, port: 9}}\n"
         )
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen(
             [str(ROOT / ".venv/bin/safeguard"), "run", "--config", str(config)],
-            env=env, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            time.sleep(WARM_UP_S)  # start-up (imports, models) is not the steady state
-            cpu0, wall0 = _cpu_seconds(proc.pid), time.monotonic()
-            time.sleep(seconds)
-            used = _cpu_seconds(proc.pid) - cpu0
-            wall = time.monotonic() - wall0
+            share = steady_share(proc.pid, seconds)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    return used / wall
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of `pid` and of its children it has waited for (clip encoders)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return share
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ from converter import train_video_head
 from edge.camera import file_frames
 from edge.flow import WINDOW_SIZE, dense_flow, flow_window_features, motion_box, pair_stats
 from edge.smoothing import SmoothingConfig
-from edge.video import FEATURES, Backbone, load_video_head
+from edge.video import EMBEDDING, FEATURES, Backbone, WindowFeatures, load_video_head
 from edge.videoconfig import VideoConfig
 from edge.videopipe import analyze_video, build_analyzer, load_backbone
 from models_tflite import HEADS
@@ -84,6 +84,31 @@ def test_the_backbone_looks_where_the_scene_moves() -> None:
     still = np.zeros_like(flow)
     assert motion_box(still, (240, 320, 3), (1, 2, 3, 4)) == (1, 2, 3, 4)
     assert motion_box(still, (240, 320, 3)) == (0, 0, 320, 240)
+
+
+def test_the_embeddings_ignore_what_happens_outside_the_moving_region() -> None:
+    """Two scenes alike where something moves (right), one with extra static clutter far from
+    it (left): the backbone sees only the moving region, so the embedding features are equal
+    (with whole frames they differ); the flow features see the clutter as still."""
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8), (5, 5), 1)
+    clutter = rng.integers(0, 255, (200, 70, 3), dtype=np.uint8)
+    backbone = load_backbone(require_models())
+    features = []
+    for cluttered in (False, True):
+        window = WindowFeatures(backbone, 16, 2)
+        for i in range(16):
+            frame = np.full((240, 320, 3), 90, np.uint8)
+            if cluttered:
+                frame[20:220, 5:75] = clutter
+            x = 230 + (i % 4) * 8  # back and forth on the right
+            frame[100:160, x : x + 60] = texture
+            out = window.push(frame)
+        assert out is not None
+        features.append(out)
+    embeddings = slice(0, 3 * EMBEDDING)
+    assert np.array_equal(features[0][embeddings], features[1][embeddings])
+    assert np.allclose(features[0][3 * EMBEDDING :], features[1][3 * EMBEDDING :], atol=0.05)
 
 
 Training = tuple[Path, Backbone, "train_video_head.Sampling", np.ndarray]
