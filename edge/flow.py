@@ -4,7 +4,9 @@ Fights are large, erratic motion: many moving pixels, fast, in many directions a
 shear and rotation, changing from one frame to the next. Per frame pair, `pair_stats` keeps
 global statistics of the flow field plus its mean per cell of a coarse grid; over a window,
 `flow_window_features` reduces those to a fixed-size vector. Farneback's flow on a 160x120
-grayscale frame costs a few milliseconds on one core.
+grayscale frame costs a few milliseconds on one core. The same flow, computed again on the
+region that moves (`motion_box`, at `REGION` pixels square), sees limbs where the whole frame
+sees a blob.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 SIZE = (160, 120)  # flow frame (width, height)
+REGION = 144  # side of the moving region's flow frame (divisible by GRID and COARSE)
 GRID = (6, 8)  # cells of 20x20 pixels (rows, columns) for the per-cell means
 COARSE = (4, 4)  # cells for the spatial spread of motion
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)  # pyr_scale, levels, winsize, iterations, poly_n/sigma
@@ -26,10 +29,21 @@ WINDOW_SIZE = 3 * GLOBAL_STATS + 3 + 14
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 
 
-def flow_gray(frame: U8) -> U8:
-    """A BGR frame as the small grayscale image the flow is computed on."""
-    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    return np.asarray(cv2.resize(gray, SIZE, interpolation=cv2.INTER_AREA), np.uint8)
+def gray(frame: U8) -> U8:
+    """A BGR frame in grayscale (what both flows are computed from)."""
+    return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), np.uint8)
+
+
+def flow_gray(gray_frame: U8) -> U8:
+    """A grayscale frame as the small image the whole frame's flow is computed on."""
+    return np.asarray(cv2.resize(gray_frame, SIZE, interpolation=cv2.INTER_AREA), np.uint8)
+
+
+def region_gray(gray_frame: U8, box: Box) -> U8:
+    """The `box` of a grayscale frame as the `REGION`-square image its own flow is computed on."""
+    x0, y0, x1, y1 = box
+    region = np.ascontiguousarray(gray_frame[y0:y1, x0:x1])
+    return np.asarray(cv2.resize(region, (REGION, REGION), interpolation=cv2.INTER_AREA), np.uint8)
 
 
 def dense_flow(previous: U8, current: U8) -> F32:

@@ -2,11 +2,11 @@
 over a window of frames -> the violence head -> smoothing -> events.
 
 Single frames are weak evidence of a fight; movement over time is strong. Every analysed frame
-gets the dense flow to the previous one (`edge.flow`); every `stride`-th analysed frame the
-backbone embeds the region that moves (`edge.flow.motion_box`, from the latest flow) and the
-(amplified) difference of that region to the previous embedded frame: in a surveillance view
-the fight is a small part of the picture. The head sees statistics of both over the last
-`window` analysed frames.
+gets the dense flow to the previous one (`edge.flow`), and a second, finer flow of the region
+that moves (`edge.flow.motion_box`, from the first); every `stride`-th analysed frame the
+backbone embeds that region and the (amplified) difference of that region to the previous
+embedded frame: in a surveillance view the fight is a small part of the picture. The head sees
+statistics of all of them over the last `window` analysed frames.
 `WindowFeatures` computes them for the live daemon, `safeguard analyze` and the head's
 training alike.
 """
@@ -34,8 +34,10 @@ from edge.flow import (
     dense_flow,
     flow_gray,
     flow_window_features,
+    gray,
     motion_box,
     pair_stats,
+    region_gray,
 )
 from edge.heads import read_npz
 from edge.smoothing import Smoother, SmoothingConfig
@@ -49,7 +51,7 @@ GATE_SIZE = (64, 48)  # the motion gate's grayscale frame (width, height)
 DIFF_GAIN = 4.0  # frame differences are amplified before the backbone sees them
 HEAD_KEYS = ("mean", "scale", "weights", "bias", "threshold", "window", "stride")
 EMBEDDING = 1024
-FEATURES = 3 * EMBEDDING + WINDOW_SIZE
+FEATURES = 3 * EMBEDDING + 2 * WINDOW_SIZE  # embeddings, whole-frame flow, region flow
 
 
 def downscale(frame: U8, width: int) -> U8:
@@ -113,28 +115,36 @@ class WindowFeatures:
         self.window, self.stride = window, stride
         embedded = -(-window // stride)
         self._pairs: deque[F32] = deque(maxlen=window - 1)
+        self._region_pairs: deque[F32] = deque(maxlen=window - 1)
         self._frames: deque[F32] = deque(maxlen=embedded)
         self._diffs: deque[F32] = deque(maxlen=max(1, embedded - 1))
         self.reset()
 
     def reset(self) -> None:
         self._pairs.clear()
+        self._region_pairs.clear()
         self._frames.clear()
         self._diffs.clear()
         self._count = 0
-        self._gray: U8 | None = None
+        self._gray: U8 | None = None  # the previous frame in grayscale, small (whole flow)
+        self._whole: U8 | None = None  # the same at full size (region flow)
         self._flow: F32 | None = None
+        self._region_flow: F32 | None = None
         self._box: Box | None = None
         self._embedded: U8 | None = None  # the last frame the backbone saw (whole)
 
     def push(self, frame: U8) -> F32 | None:
-        gray = flow_gray(frame)
-        if self._gray is not None:
-            flow = dense_flow(self._gray, gray)
+        whole = gray(frame)
+        small = flow_gray(whole)
+        if self._gray is not None and self._whole is not None:
+            flow = dense_flow(self._gray, small)
             self._pairs.append(pair_stats(flow, self._flow))
             self._flow = flow
-            self._box = motion_box(flow, frame.shape, self._box)
-        self._gray = gray
+            self._box = box = motion_box(flow, frame.shape, self._box)
+            region = dense_flow(region_gray(self._whole, box), region_gray(whole, box))
+            self._region_pairs.append(pair_stats(region, self._region_flow))
+            self._region_flow = region
+        self._gray, self._whole = small, whole
         if self._count % self.stride == 0 and self._box is not None:
             x0, y0, x1, y1 = self._box
             rgb = backbone_input(np.ascontiguousarray(frame[y0:y1, x0:x1]))
@@ -150,6 +160,7 @@ class WindowFeatures:
             [
                 window_features(np.stack(self._frames), np.stack(self._diffs)),
                 flow_window_features(np.stack(self._pairs)),
+                flow_window_features(np.stack(self._region_pairs)),
             ]
         )
 

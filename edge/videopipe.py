@@ -33,9 +33,19 @@ def load_backbone(models_dir: Path, threads: int = 1) -> Backbone:
 def build_analyzer(
     video: VideoConfig, backbone: Backbone, origin_wall: float = 0.0
 ) -> VideoAnalyzer:
+    head = load_video_head(video.head or HEADS / "violence.npz")
+    trained = head.metadata.get("params", {})
+    for key in ("fps", "width"):
+        if key in trained and trained[key] != getattr(video, key):
+            log.warning(
+                "video.%s is %s but the violence head was trained at %s: its scores are not "
+                "calibrated for it; retrain with `python -m converter.train_video_head --data "
+                "DIR --%s %s --out FILE` and set video.head",
+                key, getattr(video, key), trained[key], key, getattr(video, key),
+            )  # fmt: skip
     return VideoAnalyzer(
         backbone,
-        load_video_head(video.head or HEADS / "violence.npz"),
+        head,
         video.smoothing,
         motion_threshold=video.motion_threshold,
         severity=video.severity,

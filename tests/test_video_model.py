@@ -12,7 +12,17 @@ import pytest
 
 from converter import train_video_head
 from edge.camera import file_frames
-from edge.flow import WINDOW_SIZE, dense_flow, flow_window_features, motion_box, pair_stats
+from edge.flow import (
+    REGION,
+    WINDOW_SIZE,
+    dense_flow,
+    flow_gray,
+    flow_window_features,
+    gray,
+    motion_box,
+    pair_stats,
+    region_gray,
+)
 from edge.smoothing import SmoothingConfig
 from edge.video import EMBEDDING, FEATURES, Backbone, WindowFeatures, load_video_head
 from edge.videoconfig import VideoConfig
@@ -46,6 +56,19 @@ def test_shipped_head_card_and_metadata() -> None:
     assert set(head.metadata["cv"]) >= {"roc_auc", "recall", "flagged_negatives"}
     assert "converter.train_video_head" in head.metadata["command"]
     assert (HEADS / "violence.md").read_text().count(head.metadata["command"].split(" ", 1)[1])
+
+
+def test_a_rate_the_head_was_not_trained_for_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    backbone = load_backbone(require_models())
+    with caplog.at_level("WARNING", logger="edge.videopipe"):
+        build_analyzer(VideoConfig(), backbone)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="edge.videopipe"):
+        build_analyzer(VideoConfig(fps=4.0, width=640), backbone)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "video.fps is 4.0 but the violence head was trained at 8.0" in text
+    assert "video.width is 640 but" in text
+    assert "--fps 4.0" in text
 
 
 def test_flow_of_a_shifted_scene_is_the_shift_in_one_direction() -> None:
@@ -84,6 +107,30 @@ def test_the_backbone_looks_where_the_scene_moves() -> None:
     still = np.zeros_like(flow)
     assert motion_box(still, (240, 320, 3), (1, 2, 3, 4)) == (1, 2, 3, 4)
     assert motion_box(still, (240, 320, 3)) == (0, 0, 320, 240)
+
+
+def test_the_region_flow_sees_the_moving_region_at_its_own_scale() -> None:
+    """A textured patch moves 6 px right in a 320x240 frame: the whole frame's 160x120 flow sees
+    3 px, the flow of the moving region (a 120 px square seen at REGION px) 6 * REGION / 120."""
+    rng = np.random.default_rng(5)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8), (5, 5), 1)
+    frames = []
+    for x in (200, 206):
+        frame = np.full((240, 320, 3), 90, np.uint8)
+        frame[90:150, x : x + 60] = texture
+        frames.append(gray(frame))
+    whole = dense_flow(flow_gray(frames[0]), flow_gray(frames[1]))
+    box = motion_box(whole, (240, 320, 3))
+    assert box[2] - box[0] == box[3] - box[1] == 120
+    region = dense_flow(region_gray(frames[0], box), region_gray(frames[1], box))
+    assert region.shape == (REGION, REGION, 2)
+
+    def speed(flow: np.ndarray) -> float:
+        u = flow[..., 0][np.hypot(flow[..., 0], flow[..., 1]) > 1.0]
+        return float(np.median(u))
+
+    assert speed(whole) == pytest.approx(3.0, rel=0.2)
+    assert speed(region) == pytest.approx(6.0 * REGION / 120, rel=0.2)
 
 
 def test_the_embeddings_ignore_what_happens_outside_the_moving_region() -> None:
@@ -143,7 +190,7 @@ def test_mirrored_training_copies_are_cached_apart_and_mirror_the_scene(
     assert mirrored.shape == rows.shape
     assert not np.allclose(mirrored, rows)
     # mirroring keeps the amount of motion: the mean flow speed is (nearly) the same
-    speed = FEATURES - WINDOW_SIZE  # the first flow feature: window mean of log mean speed
+    speed = FEATURES - 2 * WINDOW_SIZE  # the first flow feature: window mean of log mean speed
     assert mirrored[:, speed] == pytest.approx(rows[:, speed], abs=0.05)
     again = train_video_head.clip_features(backbone, clip, sampling, mirror=True)
     assert np.array_equal(again, mirrored)
