@@ -53,6 +53,10 @@ def test_shipped_head_card_and_metadata() -> None:
     assert (head.window, head.stride) == (16, 2)
     assert head.metadata["params"]["fps"] == VideoConfig().fps
     assert 0 < head.threshold < 1
+    # the default `on` is the head's cross-validated operating point (retrain -> update both)
+    smoothing = VideoConfig().smoothing
+    assert smoothing.on == pytest.approx(head.threshold, abs=0.01)
+    assert smoothing.off < smoothing.on
     assert set(head.metadata["cv"]) >= {"roc_auc", "recall", "flagged_negatives"}
     assert "converter.train_video_head" in head.metadata["command"]
     assert (HEADS / "violence.md").read_text().count(head.metadata["command"].split(" ", 1)[1])
