@@ -126,8 +126,7 @@ class WindowFeatures:
         self._frames.clear()
         self._diffs.clear()
         self._count = 0
-        self._gray: U8 | None = None  # the previous frame in grayscale, small (whole flow)
-        self._whole: U8 | None = None  # the same at full size (region flow)
+        self._previous: tuple[U8, U8] | None = None  # last frame in grayscale: full, small
         self._flow: F32 | None = None
         self._region_flow: F32 | None = None
         self._box: Box | None = None
@@ -136,15 +135,16 @@ class WindowFeatures:
     def push(self, frame: U8) -> F32 | None:
         whole = gray(frame)
         small = flow_gray(whole)
-        if self._gray is not None and self._whole is not None:
-            flow = dense_flow(self._gray, small)
+        if self._previous is not None:
+            before, before_small = self._previous
+            flow = dense_flow(before_small, small)
             self._pairs.append(pair_stats(flow, self._flow))
             self._flow = flow
             self._box = box = motion_box(flow, frame.shape, self._box)
-            region = dense_flow(region_gray(self._whole, box), region_gray(whole, box))
+            region = dense_flow(region_gray(before, box), region_gray(whole, box))
             self._region_pairs.append(pair_stats(region, self._region_flow))
             self._region_flow = region
-        self._gray, self._whole = small, whole
+        self._previous = whole, small
         if self._count % self.stride == 0 and self._box is not None:
             x0, y0, x1, y1 = self._box
             rgb = backbone_input(np.ascontiguousarray(frame[y0:y1, x0:x1]))
