@@ -103,7 +103,10 @@ def has_audio(path: Path) -> bool:
 
 class VideoWorker:
     """The camera thread fills the ring; this thread analyses the newest frame every 1/fps
-    (never waiting on capture; slots it could not keep up with are counted as skipped)."""
+    (never waiting on capture; slots it could not keep up with are counted as skipped and
+    reported in the log at most once every `WARN_EVERY_S`)."""
+
+    WARN_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -144,11 +147,16 @@ class VideoWorker:
         period = 1.0 / self.video.fps
         stats = self.analyzer.stats
         last_index, last_t, due = -1, 0.0, time.monotonic()
+        warned_at, skipped_then = -self.WARN_EVERY_S, 0
         while not self._stop.wait(max(0.0, due - time.monotonic())):
             late = time.monotonic() - due
             if late > period:
                 stats.skipped += int(late / period)
                 due += int(late / period) * period
+                now = time.monotonic()
+                if now - warned_at >= self.WARN_EVERY_S:
+                    self._warn_behind(stats.skipped - skipped_then, stats.infer_ms)
+                    warned_at, skipped_then = now, stats.skipped
             due += period
             newest = self.ring.latest()
             if newest is None or newest[0] == last_index:
@@ -160,6 +168,17 @@ class VideoWorker:
             stats.infer_ms = [*stats.infer_ms[-199:], ms]
             self._deliver(events)
         self._deliver(self.analyzer.flush(last_t))
+
+    def _warn_behind(self, skipped: int, infer_ms: list[float]) -> None:
+        recent = infer_ms[-20:]
+        ms = sum(recent) / len(recent) if recent else float("nan")
+        log.warning(
+            "video analysis fell behind video.fps=%s: %d analysis slots skipped (%.0f ms per "
+            "analysed frame, so about %.1f frames/s); the violence head's window then spans "
+            "more time than it was trained on. Lower video.fps and retrain the head for it "
+            "(python -m converter.train_video_head --fps N)",
+            self.video.fps, skipped, ms, 1000.0 / ms if ms > 0 else 0.0,
+        )  # fmt: skip
 
     def health(self) -> dict[str, object]:
         s, cam = self.analyzer.stats, self.camera.stats

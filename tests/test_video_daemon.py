@@ -4,16 +4,25 @@ same file's audio track, into the outbox. Fusion logic on its own with synthetic
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
+import pytest
+
 from edge.events import Event
+from edge.flow import U8
 from edge.fusion import FusionSink
+from edge.videoconfig import VideoConfig
+from edge.videopipe import VideoWorker
 from tests.helpers import (
     ROOT,
+    VIDEO_DEV,
     fight_with_scream,
     require_models,
+    require_shared,
 )
 
 
@@ -84,3 +93,31 @@ def test_daemon_fuses_a_fight_with_a_scream_from_one_file(tmp_path: Path) -> Non
     fused = [a for a in starts if a["modalities"] == ["audio", "video"]]
     assert fused, starts
     assert fused[0]["severity"] == "critical"
+
+
+def test_video_worker_counts_and_reports_slots_it_cannot_keep_up_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An analysis slower than video.fps (as on a slow CPU) skips slots: counted in health and
+    said in the log once, not once per slot; the camera keeps filling the ring meanwhile."""
+    models = require_models()
+    clip = require_shared(VIDEO_DEV / "clips" / "fi001.mp4")
+    video = VideoConfig(source=f"file:{clip}", fps=8.0)
+    worker = VideoWorker(video, models, Collect(), origin_wall=time.time())
+    process = worker.analyzer.process
+
+    def slow(frame: U8, t: float) -> list[Event]:
+        time.sleep(0.4)  # three analysis periods and more
+        return process(frame, t)
+
+    worker.analyzer.process = slow  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="edge.videopipe"):
+        worker.start()
+        time.sleep(2.0)
+        worker.stop(2.0)
+    health = worker.health()
+    assert health["video_skipped"] >= 6, health  # type: ignore[operator]
+    assert health["video_frames"] > health["video_analysed"], health  # type: ignore[operator]
+    warnings = [r.getMessage() for r in caplog.records if "fell behind" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "video.fps=8.0" in warnings[0]
