@@ -267,7 +267,8 @@ class Daemon:
         return bool(self.outbox.depth() or (self.uploads is not None and self.uploads.pending()))
 
     def shutdown(self, drain_s: float = 0.0) -> int:
-        """Stop everything; with `drain_s`, first wait that long at most for pending acks."""
+        """Stop everything; with `drain_s`, first wait that long at most for pending acks (a
+        signal ends the wait: what is not acked stays in the outbox for the next start)."""
         began = time.monotonic()
         self.watch.stopping()
         if self.preview is not None:
@@ -280,7 +281,9 @@ class Daemon:
         if self.clips is not None:
             self.clips.stop(timeout=30.0)  # finishes the clips under way with the data held
         while self._undelivered() and time.monotonic() - began < drain_s:
-            time.sleep(0.05)
+            if self.stop_event.wait(0.05):  # SIGTERM or SIGINT cuts the wait short
+                log.info("stopping with %d alerts not acked yet", self.outbox.depth())
+                break
         if self.uploads is not None:
             self.uploads.stop(timeout=2.0)  # what is pending stays queued for the next start
         self.delivery.stop(timeout=1.0)

@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 from edge import decode, schema
-from tests.helpers import AUDIO_DEV, ROOT, require_models, require_shared
+from tests.helpers import AUDIO_DEV, ROOT, free_port, require_models, require_shared
 
 SAFEGUARD = [sys.executable, "-m", "edge.cli"]
 GUNSHOT = "clips/gunshots__AK-12__3_14_.flac"
@@ -225,6 +225,39 @@ def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
     rest = proc.stderr.read()
     proc.stderr.close()
     assert "stopped in" in rest
+
+
+def test_sigterm_cuts_short_the_wait_for_acks_after_a_file_source_ends(
+    config: Path, tmp_path: Path
+) -> None:
+    """A `file:` source that has ended waits up to 10 s for its alerts' acks; with the broker
+    unreachable, SIGTERM still stops it within 2 s, and the alert stays in the outbox."""
+    with_source(config, scene(tmp_path))
+    config.write_text(config.read_text() + f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n")
+    proc = subprocess.Popen(
+        [*SAFEGUARD, "run", "--config", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:
+        if "file source ended" in line:
+            break
+        assert time.monotonic() < deadline, "the file source did not end"
+    proc.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    code = proc.wait(timeout=15)
+    assert time.monotonic() - began <= 2.0
+    assert code == 0
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert "not acked yet" in rest, rest[-2000:]
+    with sqlite3.connect(tmp_path / "state" / "outbox.db") as db:
+        (pending,) = db.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone()
+    assert pending >= 2  # the gunshot's start and end, kept for the next start
 
 
 def test_listen_prints_what_it_hears(config: Path, tmp_path: Path) -> None:
