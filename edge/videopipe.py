@@ -154,7 +154,7 @@ class VideoWorker:
                 stats.skipped += int(late / period)
                 due += int(late / period) * period
                 now = time.monotonic()
-                if now - warned_at >= self.WARN_EVERY_S:
+                if stats.infer_ms and now - warned_at >= self.WARN_EVERY_S:
                     self._warn_behind(stats.skipped - skipped_then, stats.infer_ms)
                     warned_at, skipped_then = now, stats.skipped
             due += period
@@ -170,14 +170,13 @@ class VideoWorker:
         self._deliver(self.analyzer.flush(last_t))
 
     def _warn_behind(self, skipped: int, infer_ms: list[float]) -> None:
-        recent = infer_ms[-20:]
-        ms = sum(recent) / len(recent) if recent else float("nan")
+        ms = sum(infer_ms[-20:]) / len(infer_ms[-20:])
         log.warning(
             "video analysis fell behind video.fps=%s: %d analysis slots skipped (%.0f ms per "
             "analysed frame, so about %.1f frames/s); the violence head's window then spans "
             "more time than it was trained on. Lower video.fps and retrain the head for it "
             "(python -m converter.train_video_head --fps N)",
-            self.video.fps, skipped, ms, 1000.0 / ms if ms > 0 else 0.0,
+            self.video.fps, skipped, ms, 1000.0 / max(ms, 1e-3),
         )  # fmt: skip
 
     def health(self) -> dict[str, object]:
