@@ -200,40 +200,9 @@ def test_run_alerts_into_the_outbox_and_ends_with_the_file(config: Path, tmp_pat
     assert 2.9 <= shots[0]["stream_at_s"] <= 4.5
 
 
-def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
-    stream = require_shared(AUDIO_DEV / "streams" / "stream_00.flac")
-    with_source(config, stream)
-    proc = subprocess.Popen(
-        [*SAFEGUARD, "run", "--config", str(config)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    for line in proc.stderr:  # wait until it is really running
-        if "safeguard running" in line:
-            break
-        assert time.monotonic() < deadline, "the daemon did not start"
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    began = time.monotonic()
-    code = proc.wait(timeout=10)
-    assert time.monotonic() - began <= 2.0
-    assert code == 0
-    rest = proc.stderr.read()
-    proc.stderr.close()
-    assert "stopped in" in rest
-
-
-def test_sigterm_cuts_short_the_wait_for_acks_after_a_file_source_ends(
-    config: Path, tmp_path: Path
-) -> None:
-    """A `file:` source that has ended waits up to 10 s for its alerts' acks; with the broker
-    unreachable, SIGTERM still stops it within 2 s, and the alert stays in the outbox."""
-    with_source(config, scene(tmp_path))
-    config.write_text(config.read_text() + f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n")
+def sigterm_when(config: Path, line_has: str, after_s: float = 0.0) -> str:
+    """Run the daemon until its log has `line_has` (then `after_s` more), send SIGTERM, assert a
+    clean exit within 2 s; the rest of its log."""
     proc = subprocess.Popen(
         [*SAFEGUARD, "run", "--config", str(config)],
         cwd=ROOT,
@@ -244,9 +213,10 @@ def test_sigterm_cuts_short_the_wait_for_acks_after_a_file_source_ends(
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
     for line in proc.stderr:
-        if "file source ended" in line:
+        if line_has in line:
             break
-        assert time.monotonic() < deadline, "the file source did not end"
+        assert time.monotonic() < deadline, f"the daemon never logged {line_has!r}"
+    time.sleep(after_s)
     proc.send_signal(signal.SIGTERM)
     began = time.monotonic()
     code = proc.wait(timeout=15)
@@ -254,6 +224,23 @@ def test_sigterm_cuts_short_the_wait_for_acks_after_a_file_source_ends(
     assert code == 0
     rest = proc.stderr.read()
     proc.stderr.close()
+    assert "stopped in" in rest, rest[-2000:]
+    return rest
+
+
+def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
+    with_source(config, require_shared(AUDIO_DEV / "streams" / "stream_00.flac"))
+    sigterm_when(config, "safeguard running", after_s=2.0)
+
+
+def test_sigterm_cuts_short_the_wait_for_acks_after_a_file_source_ends(
+    config: Path, tmp_path: Path
+) -> None:
+    """A `file:` source that has ended waits up to 10 s for its alerts' acks; with the broker
+    unreachable, SIGTERM still stops it within 2 s, and the alerts stay in the outbox."""
+    with_source(config, scene(tmp_path))
+    config.write_text(config.read_text() + f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n")
+    rest = sigterm_when(config, "file source ended")
     assert "not acked yet" in rest, rest[-2000:]
     with sqlite3.connect(tmp_path / "state" / "outbox.db") as db:
         (pending,) = db.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone()
