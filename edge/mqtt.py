@@ -95,6 +95,24 @@ def _refused_v5(reason: ReasonCode) -> bool:
     return reason.value in (1, 132)  # 3.1.1 "unacceptable protocol", v5 "unsupported version"
 
 
+class _NotConnectedIsDebug(logging.Filter):
+    """paho 2.x logs an ERROR on each pass of its network loop without a socket: between
+    reconnect attempts and after a clean disconnect. The link says what state it is in itself,
+    so those records become DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith(
+            "Client is not connected"
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_PAHO_LOG = logging.getLogger(__name__ + ".paho")
+_PAHO_LOG.addFilter(_NotConnectedIsDebug())
+
+
 class MqttLink:
     """One broker connection. `publish` is thread-safe and returns at once."""
 
@@ -124,6 +142,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._down_since: float | None = time.monotonic()
         self._attempt = 0
+        self._unreachable_said = False  # the first failed attempt of a streak is a warning
         self._lock = threading.Lock()
         self._client = self._make_client()
         self.refused: list[tuple[int, str]] = []  # (mid, reason) of publishes the broker refused
@@ -136,7 +155,7 @@ class MqttLink:
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
             clean_session=None if self._v5 else False,
         )
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        client.enable_logger(_PAHO_LOG)
         if c.username:
             client.username_pw_set(c.username, self._password)
         if c.tls.enabled:
@@ -236,6 +255,7 @@ class MqttLink:
                 self._fallback_needed = True
             return
         self._attempt = 0
+        self._unreachable_said = False
         client.reconnect_delay_set(1, self.config.reconnect_max)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
@@ -266,7 +286,13 @@ class MqttLink:
         self._backoff(client)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        log.debug("MQTT: cannot reach %s:%d", self.config.host, self.config.port)
+        level = logging.DEBUG if self._unreachable_said else logging.WARNING
+        self._unreachable_said = True
+        log.log(
+            level,
+            "MQTT: cannot reach %s:%d; retrying with backoff up to %d s",
+            self.config.host, self.config.port, self.config.reconnect_max,
+        )  # fmt: skip
         self._backoff(client)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:

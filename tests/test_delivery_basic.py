@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.delivery import AlertsConfig, DeliveryService, run_test_alert
-from edge.mqtt import MqttConfig
+from edge.mqtt import MqttConfig, MqttLink
 from edge.outbox import Outbox
 from tests.delivery_helpers import Acker, make_event
 from tests.helpers import Mosquitto
@@ -153,3 +154,40 @@ def test_mqtt_311_and_test_alert(mosquitto: Mosquitto, tmp_path: Path) -> None:
     assert not ok
     assert "no ack" in detail
     acker.close()
+
+
+def test_broker_outage_is_logged_once_per_streak_without_errors(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreachable broker is one warning per streak of failed attempts (the rest DEBUG),
+    not paho's ERROR on every pass of its loop; a clean stop logs no error either."""
+    mosquitto.stop()
+    link = MqttLink(
+        MqttConfig(port=mosquitto.port, reconnect_max=1),
+        "dev-1",
+        on_message=lambda _t, _p: None,
+        on_connected=lambda: None,
+        subscriptions=[],
+    )
+
+    def said(level: int, text: str) -> int:
+        return sum(r.levelno == level and text in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.DEBUG, logger="edge.mqtt"):
+        link.start()
+        time.sleep(3.5)  # attempts about every second
+        assert said(logging.WARNING, "cannot reach") == 1
+        assert said(logging.DEBUG, "cannot reach") >= 1
+        mosquitto.start()
+        assert link.wait_connected(10)
+        mosquitto.stop()  # a second streak
+        deadline = time.monotonic() + 10
+        while said(logging.WARNING, "cannot reach") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert said(logging.WARNING, "cannot reach") == 2
+        assert said(logging.WARNING, "disconnected") == 1
+        mosquitto.start()
+        assert link.wait_connected(10)
+        link.stop(2.0)
+    assert said(logging.DEBUG, "Client is not connected") >= 1  # paho's, demoted
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
