@@ -109,6 +109,22 @@ class _NotConnectedIsDebug(logging.Filter):
         return True
 
 
+class Unreachable:
+    """Says that a broker cannot be reached: at WARNING on the first failed attempt of a
+    streak, at DEBUG on the next ones, until `reset` (connected)."""
+
+    def __init__(self, logger: logging.Logger, message: str) -> None:
+        self.logger, self.message = logger, message
+        self._said = False
+
+    def say(self, *args: object) -> None:
+        self.logger.log(logging.DEBUG if self._said else logging.WARNING, self.message, *args)
+        self._said = True
+
+    def reset(self) -> None:
+        self._said = False
+
+
 _PAHO_LOG = logging.getLogger(__name__ + ".paho")
 _PAHO_LOG.addFilter(_NotConnectedIsDebug())
 
@@ -142,7 +158,9 @@ class MqttLink:
         self._connected = threading.Event()
         self._down_since: float | None = time.monotonic()
         self._attempt = 0
-        self._unreachable_said = False  # the first failed attempt of a streak is a warning
+        self._unreachable = Unreachable(
+            log, "MQTT: cannot reach %s:%d; retrying with backoff up to %d s"
+        )
         self._lock = threading.Lock()
         self._client = self._make_client()
         self.refused: list[tuple[int, str]] = []  # (mid, reason) of publishes the broker refused
@@ -255,7 +273,7 @@ class MqttLink:
                 self._fallback_needed = True
             return
         self._attempt = 0
-        self._unreachable_said = False
+        self._unreachable.reset()
         client.reconnect_delay_set(1, self.config.reconnect_max)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
@@ -286,13 +304,7 @@ class MqttLink:
         self._backoff(client)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        level = logging.DEBUG if self._unreachable_said else logging.WARNING
-        self._unreachable_said = True
-        log.log(
-            level,
-            "MQTT: cannot reach %s:%d; retrying with backoff up to %d s",
-            self.config.host, self.config.port, self.config.reconnect_max,
-        )  # fmt: skip
+        self._unreachable.say(self.config.host, self.config.port, self.config.reconnect_max)
         self._backoff(client)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:

@@ -28,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from edge.mqtt import Unreachable
 from listener.checks import Rejected, check_alert, check_health, check_status, topic_device
 from listener.config import ListenerConfig, read_secret
 from listener.metrics import Metrics
@@ -87,7 +88,11 @@ class Ingest:
             self.client.tls_set(ca_certs=cfg.mqtt.ca_file or None)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
+        self._unreachable = Unreachable(
+            log, "cannot reach the broker at %s:%s; retrying every 1-30 s"
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -128,6 +133,7 @@ class Ingest:
             topics.append((f"{p}/+/ack", SubscribeOptions(qos=0, noLocal=True)))
         client.subscribe(topics)
         log.info("connected to %s:%s, group %s", self.cfg.mqtt.host, self.cfg.mqtt.port, group)
+        self._unreachable.reset()
         self.connected.set()
         self.metrics.mqtt_connected.set(1)
 
@@ -138,6 +144,9 @@ class Ingest:
         self.metrics.mqtt_connected.set(0)
         if not self._stop.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_connect_fail(self, _c: mqtt.Client, _ud: Any) -> None:
+        self._unreachable.say(self.cfg.mqtt.host, self.cfg.mqtt.port)
 
     def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:

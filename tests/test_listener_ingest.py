@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,29 @@ def test_two_instances_share_the_load(mosquitto: Mosquitto, db_url: str) -> None
         member.store.close()
     store.close()
     device.close()
+
+
+def test_an_unreachable_broker_is_said_once_per_streak(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener started while the broker is down says so (once, not per attempt) and
+    connects by itself when the broker comes up."""
+    mosquitto.stop()
+    url = f"sqlite:///{tmp_path / 'alerts.db'}"
+    store = Store(url)
+    store.migrate()
+    ingest = Ingest(config(mosquitto.port, url), store, Metrics())
+    with caplog.at_level(logging.DEBUG, logger="listener.ingest"):
+        ingest.start()
+        try:
+            time.sleep(3.5)  # attempts 1-2 s apart
+            said = [r for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+            assert [r.levelno for r in said][:1] == [logging.WARNING]
+            assert len(said) >= 2
+            assert all(r.levelno == logging.DEBUG for r in said[1:])
+            assert not ingest.connected.is_set()
+            mosquitto.start()
+            assert ingest.connected.wait(40)
+        finally:
+            ingest.stop()
+            store.close()
