@@ -35,6 +35,7 @@ from listener.metrics import Metrics
 from listener.store import Store, utcnow
 
 log = logging.getLogger(__name__)
+RECONNECT_MAX_S = 30  # longest wait between attempts to reach the broker, seconds
 
 StoredSink = Callable[[list[dict[str, Any]], datetime], None]
 
@@ -80,7 +81,7 @@ class Ingest:
             manual_ack=True,
         )
         self.client.max_inflight_messages_set(200)
-        self.client.reconnect_delay_set(1, 30)
+        self.client.reconnect_delay_set(1, RECONNECT_MAX_S)
         if cfg.mqtt.username:
             password = read_secret("SAFEGUARD_MQTT_PASSWORD", "mqtt_password") or None
             self.client.username_pw_set(cfg.mqtt.username, password)
@@ -91,7 +92,7 @@ class Ingest:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
         self._unreachable = Unreachable(
-            log, "cannot reach the broker at %s:%s; retrying every 1-30 s"
+            log, f"cannot reach the broker at %s:%s; retrying every 1-{RECONNECT_MAX_S} s"
         )
 
     # --- lifecycle ----------------------------------------------------------------------
