@@ -177,11 +177,8 @@ install_venv() {
   rm -rf "$src"
   mkdir -p "$src"
   package_tar | tar -C "$src" -xf -
-  local index=()
-  if [ "$PLATFORM" = raspberrypi-os ]; then
-    index=(--extra-index-url https://www.piwheels.org/simple)  # ARM wheels built for the Pi
-  fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${index[@]}" "${src}[device]"
+  # pip reads the system's /etc/pip.conf, where Raspberry Pi OS configures its ARM wheel index
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${src}[device]"
   rm -rf "$src/build" "$src"/*.egg-info
   echo "$stamp" >"$ROOT$PREFIX/.source-stamp"
   did "virtual environment: $VENV with safeguard[device] from $SRC ($("$venv/bin/safeguard" --version))"
