@@ -66,12 +66,19 @@ def _reach_broker(config: Config, timeout: float = 10.0) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge.pipeline import load_yamnet
+    from edge.pipeline import build_detector, load_yamnet
 
     config = _config(args)
     print(f"config: ok ({args.config or 'embedded defaults'})")
     model = load_yamnet(config)
     print(f"model: ok ({config.audio.model}, sha256 verified, {model.runtime})")
+    categories = ", ".join(build_detector(config, model).categories)  # loads the heads too
+    print(f"categories: ok ({categories or 'none enabled'})")
+    if config.video.source != "none":  # what the video worker loads at start
+        from edge.videopipe import build_analyzer, load_backbone
+
+        head = build_analyzer(config.video, load_backbone(config.models_dir)).head
+        print(f"video: ok (backbone sha256 verified, violence head over {head.window} frames)")
     print(f"broker: ok ({_reach_broker(config)})")
     if config.listener.enabled:
         from edge.secrets import require_secret
@@ -227,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"safeguard: config error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except SafeguardError as exc:
         if args.debug:
             log.exception("failed")

@@ -114,6 +114,8 @@ def read_npz(
     path: Path, keys: Sequence[str], key: str, what: str = "head file"
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
     """The arrays `keys` and the JSON metadata of a head `.npz`; ConfigError naming `key`."""
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would talk of pickles
+        raise ConfigError(f"{key}: {path} is not a {what} (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data]

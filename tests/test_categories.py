@@ -106,6 +106,9 @@ def test_bad_head_files_raise_config_errors_naming_the_key(tmp_path: Path) -> No
     np.savez(tmp_path / "junk.npz", weights=np.zeros(3))
     with pytest.raises(ConfigError, match="not a head file"):
         load_head(tmp_path / "junk.npz")
+    (tmp_path / "text.npz").write_text("not an archive\n")
+    with pytest.raises(ConfigError, match=r"not a head file \(not an \.npz archive\)"):
+        load_head(tmp_path / "text.npz")
 
 
 def test_default_categories_name_real_yamnet_classes() -> None:

@@ -17,7 +17,15 @@ import pytest
 import soundfile
 
 from edge import decode, schema
-from tests.helpers import AUDIO_DEV, ROOT, free_port, require_models, require_shared
+from tests.helpers import (
+    AUDIO_DEV,
+    ROOT,
+    VIDEO_DEV,
+    Mosquitto,
+    free_port,
+    require_models,
+    require_shared,
+)
 
 SAFEGUARD = [sys.executable, "-m", "edge.cli"]
 GUNSHOT = "clips/gunshots__AK-12__3_14_.flac"
@@ -178,8 +186,35 @@ def test_config_error_exit_code(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("audio:\n  hop: 0.5\n")
     result = run_cli("check", "--config", str(config))
-    assert result.returncode == 2
+    assert result.returncode == 1  # check's contract: 0 or 1
     assert "audio.hop: unknown key; did you mean 'hop_s'? (line 2)" in result.stderr
+
+
+def test_check_loads_what_run_loads_the_heads_and_the_video_model(
+    config: Path, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    calm = require_shared(VIDEO_DEV / "clips" / "nofi002.mp4")
+    base = config.read_text() + f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n"
+    config.write_text(base + f"video: {{source: 'file:{calm}'}}\n")
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "categories: ok (scream, gunshot, glass_break)" in result.stdout
+    assert "video: ok (backbone sha256 verified, violence head over 16 frames)" in result.stdout
+    assert "broker: ok" in result.stdout
+
+    (tmp_path / "broken.npz").write_text("not a head\n")
+    config.write_text(base + f"video: {{source: 'file:{calm}', head: {tmp_path / 'broken.npz'}}}\n")
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"video.head: {tmp_path / 'broken.npz'} is not a video head" in result.stderr
+    assert "broker: ok" not in result.stdout  # `run` would fail at start: so does check
+
+    config.write_text(
+        base + f"detection: {{categories: {{scream: {{head: {tmp_path / 'broken.npz'}}}}}}}\n"
+    )
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "detection.categories.scream.head" in result.stderr
 
 
 def test_run_alerts_into_the_outbox_and_ends_with_the_file(config: Path, tmp_path: Path) -> None:
