@@ -125,6 +125,13 @@ class Unreachable:
         self._said = False
 
 
+def _release(client: paho.Client) -> None:
+    """End a client's network thread and close its sockets, its wake-up socket pair included
+    (paho closes that pair only in its finaliser, so it would wait for the garbage collector)."""
+    client.loop_stop()
+    client.reinitialise()
+
+
 _PAHO_LOG = logging.getLogger(__name__ + ".paho")
 _PAHO_LOG.addFilter(_NotConnectedIsDebug())
 
@@ -157,6 +164,7 @@ class MqttLink:
         self._fallback_needed = False
         self._connected = threading.Event()
         self._down_since: float | None = time.monotonic()
+        self._stopping = False  # a disconnect we asked for is not worth a warning
         self._attempt = 0
         self._unreachable = Unreachable(
             log, "MQTT: cannot reach %s:%d; retrying with backoff up to %d s"
@@ -208,6 +216,7 @@ class MqttLink:
             clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
+        self._stopping = False
         self._client.loop_start()
         log.info("MQTT: connecting to %s:%d as %s", c.host, c.port, self._client_id)
 
@@ -216,7 +225,7 @@ class MqttLink:
         if self._fallback_needed:
             self._fallback_needed = False
             log.warning("MQTT: the broker refused MQTT 5, falling back to 3.1.1")
-            self._client.loop_stop()
+            _release(self._client)
             self._v5 = False
             self._client = self._make_client()
             self.start()
@@ -230,8 +239,10 @@ class MqttLink:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("MQTT: could not publish the stopped status: %s", exc)
+        self._stopping = True
         self._client.disconnect()
-        self._client.loop_stop()
+        _release(self._client)
+        self._client = self._make_client()  # ready should the link be started again
         self._connected.clear()
 
     # -- state ----------------------------------------------------------------------
@@ -299,7 +310,8 @@ class MqttLink:
     ) -> None:
         if self._connected.is_set():
             self._down_since = time.monotonic()
-            log.warning("MQTT: disconnected: %s", reason)
+            level = logging.INFO if self._stopping else logging.WARNING
+            log.log(level, "MQTT: disconnected: %s", reason)
         self._connected.clear()
         self._backoff(client)
 

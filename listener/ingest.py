@@ -28,7 +28,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from edge.mqtt import Unreachable
 from listener.checks import Rejected, check_alert, check_health, check_status, topic_device
 from listener.config import ListenerConfig, read_secret
 from listener.metrics import Metrics
@@ -72,28 +71,32 @@ class Ingest:
         self._worker: threading.Thread | None = None
         self.connected = threading.Event()
         client_id = cfg.mqtt.client_id or f"safeguard-listener-{socket.gethostname()}-{os.getpid()}"
-        self.client = mqtt.Client(
+        self._client_id = (
+            client_id if cfg.mqtt.client_id else f"{client_id}-{random.getrandbits(24):06x}"[:64]
+        )
+        self.client = self._make_client()
+        self._unreachable_said = False  # once per streak of failed attempts, then DEBUG
+
+    def _make_client(self) -> mqtt.Client:
+        mq = self.cfg.mqtt
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{client_id}-{random.getrandbits(24):06x}"[:64]
-            if not cfg.mqtt.client_id
-            else client_id,
+            client_id=self._client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        self.client.max_inflight_messages_set(200)
-        self.client.reconnect_delay_set(1, RECONNECT_MAX_S)
-        if cfg.mqtt.username:
+        client.max_inflight_messages_set(200)
+        client.reconnect_delay_set(1, RECONNECT_MAX_S)
+        if mq.username:
             password = read_secret("SAFEGUARD_MQTT_PASSWORD", "mqtt_password") or None
-            self.client.username_pw_set(cfg.mqtt.username, password)
-        if cfg.mqtt.tls:
-            self.client.tls_set(ca_certs=cfg.mqtt.ca_file or None)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_message = self._on_message
-        self._unreachable = Unreachable(
-            log, f"cannot reach the broker at %s:%s; retrying every 1-{RECONNECT_MAX_S} s"
-        )
+            client.username_pw_set(mq.username, password)
+        if mq.tls:
+            client.tls_set(ca_certs=mq.ca_file or None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
+        return client
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +117,8 @@ class Ingest:
             self._worker = None
         self.client.disconnect()
         self.client.loop_stop()
+        self.client.reinitialise()  # closes paho's wake-up socket pair (else only its finaliser)
+        self.client = self._make_client()  # ready should it be started again
         self.connected.clear()
         self.metrics.mqtt_connected.set(0)
 
@@ -134,7 +139,7 @@ class Ingest:
             topics.append((f"{p}/+/ack", SubscribeOptions(qos=0, noLocal=True)))
         client.subscribe(topics)
         log.info("connected to %s:%s, group %s", self.cfg.mqtt.host, self.cfg.mqtt.port, group)
-        self._unreachable.reset()
+        self._unreachable_said = False
         self.connected.set()
         self.metrics.mqtt_connected.set(1)
 
@@ -147,7 +152,13 @@ class Ingest:
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_connect_fail(self, _c: mqtt.Client, _ud: Any) -> None:
-        self._unreachable.say(self.cfg.mqtt.host, self.cfg.mqtt.port)
+        level = logging.DEBUG if self._unreachable_said else logging.WARNING
+        self._unreachable_said = True
+        log.log(
+            level,
+            "cannot reach the broker at %s:%s; retrying every 1-%d s",
+            self.cfg.mqtt.host, self.cfg.mqtt.port, RECONNECT_MAX_S,
+        )  # fmt: skip
 
     def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:

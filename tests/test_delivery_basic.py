@@ -160,7 +160,7 @@ def test_broker_outage_is_logged_once_per_streak_without_errors(
     mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unreachable broker is one warning per streak of failed attempts (the rest DEBUG),
-    not paho's ERROR on every pass of its loop; a clean stop logs no error either."""
+    not paho's ERROR on every pass of its loop; a clean stop logs no error or warning."""
     mosquitto.stop()
     link = MqttLink(
         MqttConfig(port=mosquitto.port, reconnect_max=1),
@@ -189,5 +189,7 @@ def test_broker_outage_is_logged_once_per_streak_without_errors(
         mosquitto.start()
         assert link.wait_connected(10)
         link.stop(2.0)
+    assert said(logging.WARNING, "disconnected") == 1  # the stop asked for is said at INFO
+    assert said(logging.INFO, "disconnected") == 1
     assert said(logging.DEBUG, "Client is not connected") >= 1  # paho's, demoted
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
