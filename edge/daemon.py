@@ -225,7 +225,12 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
-        for category in self.detector.categories:
+        # no event is open at start: clear what a crash may have left retained as ON (this
+        # also announces every category to Home Assistant before its first event)
+        categories = list(self.detector.categories)
+        if self.video is not None:
+            categories.append(self.video.analyzer.category)
+        for category in categories:
             self.delivery.publish_state(category, on=False)
         self.delivery.start()
         self.detector.origin_wall = time.time()  # stream time 0 is when capture starts

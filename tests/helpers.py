@@ -322,3 +322,23 @@ def fight_with_scream(folder: Path, seconds: float) -> Path:
         check=True, timeout=60,
     )  # fmt: skip
     return muxed
+
+
+def retained(port: int, topic: str, timeout: float = 10.0) -> str:
+    """The retained message on `topic` (fails the test when there is none)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[str] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, msg: got.append(msg.payload.decode())
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.loop_stop()
+    client.disconnect()
+    assert got, f"no retained message on {topic}"
+    return got[-1]

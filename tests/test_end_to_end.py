@@ -10,33 +10,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
-from tests.helpers import ROOT, Mosquitto, free_port, require_models, wait_port
+from tests.helpers import ROOT, Mosquitto, free_port, require_models, retained, wait_port
 from tests.test_cli_audio import scene
 
 TOKEN = "e2e-token"
-
-
-def retained(port: int, topic: str, timeout: float = 10.0) -> str:
-    got: list[str] = []
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.on_message = lambda _c, _u, msg: got.append(msg.payload.decode())
-    client.connect("127.0.0.1", port)
-    client.subscribe(topic, qos=1)
-    client.loop_start()
-    deadline = time.monotonic() + timeout
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
-    client.loop_stop()
-    client.disconnect()
-    assert got, f"no retained message on {topic}"
-    return got[-1]
 
 
 def test_gunshot_reaches_the_listener_and_is_acknowledged(

@@ -20,9 +20,11 @@ from edge.videopipe import VideoWorker
 from tests.helpers import (
     ROOT,
     VIDEO_DEV,
+    Mosquitto,
     fight_with_scream,
     require_models,
     require_shared,
+    retained,
 )
 
 
@@ -121,3 +123,32 @@ def test_video_worker_counts_and_reports_slots_it_cannot_keep_up_with(
     warnings = [r.getMessage() for r in caplog.records if "fell behind" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "video.fps=8.0" in warnings[0]
+
+
+def test_the_daemon_clears_a_violence_state_left_on_by_a_crash(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A retained `ON` for violence (the daemon died during a fight) is set `OFF` at start, and
+    Home Assistant learns of the violence sensor before any fight."""
+    models = require_models()
+    calm = require_shared(VIDEO_DEV / "clips" / "nofi002.mp4")
+    topic = "safeguard/cam-1/state/violence"
+    subprocess.run(
+        ["mosquitto_pub", "-p", str(mosquitto.port), "-t", topic, "-m", "ON", "-r", "-q", "1"],
+        check=True, timeout=10,
+    )  # fmt: skip
+    assert retained(mosquitto.port, topic) == "ON"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"device: {{id: cam-1}}\nmodels: {{dir: {models}}}\nstorage: {{dir: {tmp_path}}}\n"
+        f"audio: {{source: none}}\nvideo: {{source: 'file:{calm}'}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n"
+    )
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/safeguard"), "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert retained(mosquitto.port, topic) == "OFF"
+    discovery = retained(mosquitto.port, "homeassistant/binary_sensor/cam_1/violence/config")
+    assert json.loads(discovery)["state_topic"] == topic
