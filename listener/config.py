@@ -69,7 +69,7 @@ class MqttConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = Field(
-        default="sqlite:///var/lib/safeguard-listener/alerts.db",
+        default="sqlite:////var/lib/safeguard-listener/alerts.db",
         min_length=10,
         max_length=4096,
         description="sqlite:///path.db or postgresql://user@host/db",

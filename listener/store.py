@@ -85,7 +85,14 @@ class Store:
     def __init__(self, url: str) -> None:
         sa_url = make_url(engine_url(url))
         if sa_url.get_backend_name() == "sqlite" and sa_url.database not in (None, "", ":memory:"):
-            Path(str(sa_url.database)).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(str(sa_url.database)).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"database.url {url}: cannot create {folder}: {exc.strerror}; "
+                    "choose a writable path (sqlite:////abs/path.db or sqlite:///rel/path.db)"
+                ) from None
         self.engine: Engine = create_engine(sa_url, pool_pre_ping=True)
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":

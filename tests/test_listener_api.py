@@ -182,3 +182,23 @@ def test_token_from_environment_or_credentials(
     assert read_secret("SAFEGUARD_API_TOKEN", "api_token") == "from-credentials"
     monkeypatch.setenv("SAFEGUARD_API_TOKEN", "from-env")
     assert read_secret("SAFEGUARD_API_TOKEN", "api_token") == "from-env"
+
+
+def test_the_default_database_is_an_absolute_path_and_a_bad_one_is_said_plainly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from listener.cli import main
+
+    url = parse({}).database.url  # not relative to the directory it is started in
+    assert make_url(url).database == "/var/lib/safeguard-listener/alerts.db"
+
+    (tmp_path / "file").write_text("")
+    config = tmp_path / "listener.yaml"
+    config.write_text(f"database: {{url: 'sqlite:///{tmp_path}/file/sub/alerts.db'}}\n")
+    monkeypatch.setenv("SAFEGUARD_API_TOKEN", TOKEN)
+    assert main(["--config", str(config), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot create {tmp_path}/file/sub: Not a directory; choose a writable path" in err
+    assert "Traceback" not in err
