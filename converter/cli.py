@@ -2,6 +2,8 @@
 
     safeguard-convert train-head --kind audio --data DIR_OR_LABELS_CSV --category NAME \
         --out models_tflite/heads/NAME.npz [--models var/models] [--variant yamnet_spectra_in]
+    safeguard-convert train-head --kind video --data DIR_OR_LABELS_CSV \
+        --out models_tflite/heads/violence.npz [--models var/models] [--no-mirror]
     safeguard-convert convert MODEL --rep-data DIR --out OUT.tflite
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from edge.errors import SafeguardError
 
 log = logging.getLogger(__name__)
+AUDIO_C = 0.01  # an audio head's --c when none is given
 
 
 def snr_range(text: str) -> tuple[float, float]:
@@ -30,56 +33,107 @@ def snr_range(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _parser() -> argparse.ArgumentParser:
+def _check_kind(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit status 2) for train-head options of the other --kind, and for what
+    an audio head requires."""
+    for action in parser._actions:
+        kind = getattr(action, "kind", args.kind)
+        if kind != args.kind and getattr(args, action.dest) != action.default:
+            parser.error(f"argument {'/'.join(action.option_strings)}: only with --kind {kind}")
+    if args.kind == "audio":
+        missing = [flag for flag in ("category", "out") if getattr(args, flag) is None]
+        if missing:
+            parser.error(
+                "the following arguments are required with --kind audio: "
+                + ", ".join(f"--{flag}" for flag in missing)
+            )
+        if len(args.c or ()) > 1:
+            parser.error("argument --c: an audio head takes one value")
+
+
+def _only(kind: str, actions: list[argparse.Action]) -> None:
+    for action in actions:
+        action.kind = kind  # type: ignore[attr-defined]  # read by _check_kind
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parser, and its train-head subparser."""
+    from converter import convert_cmd, train_video_head
+
     parser = argparse.ArgumentParser(prog="safeguard-convert", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    head = sub.add_parser("train-head", help="train a linear head on YAMNet embeddings")
-    head.add_argument("--kind", choices=["audio"], default="audio", help="what the head hears")
+    head = sub.add_parser(
+        "train-head", help="train a head: an audio category on YAMNet embeddings, or violence"
+    )
+    head.add_argument(
+        "--kind",
+        choices=["audio", "video"],
+        default="audio",
+        help="audio: a category of sound (--category); video: the violence head",
+    )
     head.add_argument(
         "--data",
         type=Path,
         required=True,
-        help="labels.csv (file,category[,group]), a folder with one, or per-category subfolders",
+        help="labels.csv (file,category[,group]) or a folder with one; audio also takes "
+        "per-category subfolders",
     )
     head.add_argument(
-        "--category", required=True, help="the positive category; others are negatives"
+        "--out",
+        type=Path,
+        help="the head file to write (.npz); required for audio, video without it only evaluates",
     )
-    head.add_argument("--out", type=Path, required=True, help="the head file to write (.npz)")
     head.add_argument("--models", type=Path, default=Path("var/models"), help="fetched models")
-    head.add_argument(
-        "--variant",
-        choices=["yamnet", "yamnet_spectra_in"],
-        default="yamnet_spectra_in",
-        help="the YAMNet the daemon runs (embeddings must come from the same model)",
-    )
-    head.add_argument("--hop", type=float, default=0.25, help="window hop in seconds")
-    head.add_argument("--c", type=float, default=0.01, help="inverse L2 regularisation strength")
     head.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds")
     head.add_argument(
-        "--target-fp",
+        "--c",
         type=float,
-        default=0.005,
-        help="fraction of negative clips the chosen threshold may flag (cross-validated)",
+        nargs="+",
+        help=f"inverse L2 regularisation strength: audio takes one (default {AUDIO_C}); video "
+        "takes candidates, chosen by nested cross-validation (default "
+        f"{' '.join(map(str, train_video_head.C_GRID))})",
     )
-    head.add_argument(
-        "--augment",
-        type=int,
-        default=0,
-        help="also mix each positive clip N times into other clips at an SNR from --snr",
-    )
-    head.add_argument(
-        "--snr",
-        type=snr_range,
-        default=(0.0, 20.0),
-        metavar="LOW,HIGH",
-        help="SNR range (dB) of the noise-mixed copies, drawn uniformly (default 0,20)",
-    )
-    head.add_argument("--limit", type=int, default=0, help="use at most N clips per category")
-    from converter import convert_cmd
-
+    _only("audio", _audio_options(head.add_argument_group("audio heads (--kind audio)")))
+    video = head.add_argument_group("the violence head (--kind video)")
+    _only("video", train_video_head.add_options(video))
     convert_cmd.add_parser(sub)
-    return parser
+    return parser, head
+
+
+def _audio_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
+    return [
+        group.add_argument(
+            "--category", help="the positive category; others are negatives (required)"
+        ),
+        group.add_argument(
+            "--variant",
+            choices=["yamnet", "yamnet_spectra_in"],
+            default="yamnet_spectra_in",
+            help="the YAMNet the daemon runs (embeddings must come from the same model)",
+        ),
+        group.add_argument("--hop", type=float, default=0.25, help="window hop in seconds"),
+        group.add_argument(
+            "--target-fp",
+            type=float,
+            default=0.005,
+            help="fraction of negative clips the chosen threshold may flag (cross-validated)",
+        ),
+        group.add_argument(
+            "--augment",
+            type=int,
+            default=0,
+            help="also mix each positive clip N times into other clips at an SNR from --snr",
+        ),
+        group.add_argument(
+            "--snr",
+            type=snr_range,
+            default=(0.0, 20.0),
+            metavar="LOW,HIGH",
+            help="SNR range (dB) of the noise-mixed copies, drawn uniformly (default 0,20)",
+        ),
+        group.add_argument("--limit", type=int, default=0, help="use at most N clips per category"),
+    ]
 
 
 class _Progress:
@@ -115,10 +169,11 @@ def _limit(examples: list[object], limit: int) -> list[object]:
     return kept
 
 
-def train_head_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def train_head_command(args: argparse.Namespace, command: str) -> int:
     from converter import train_head as th
     from edge.heads import save_head
 
+    c = args.c[0] if args.c else AUDIO_C
     examples = th.find_examples(args.data)
     examples = [e for e in _limit(list(examples), args.limit) if isinstance(e, th.Example)]
     if not any(e.category == args.category for e in examples):
@@ -140,11 +195,10 @@ def train_head_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         [e.category for e in examples],
         [e.group for e in examples],
         args.category,
-        c=args.c,
+        c=c,
         folds=args.folds,
         target_fp=args.target_fp,
     )
-    command = "safeguard-convert " + " ".join(shlex.quote(a) for a in argv)
     metadata = {
         **report,
         "variant": args.variant,
@@ -171,7 +225,10 @@ def train_head_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser, head = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "train-head":
+        _check_kind(head, args)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -183,7 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from converter import convert_cmd
 
             return convert_cmd.run(args)
-        return train_head_command(args, argv)
+        command = "safeguard-convert " + shlex.join(argv)
+        if args.kind == "video":
+            from converter import train_video_head
+
+            return train_video_head.run(args, command)
+        return train_head_command(args, command)
     except (TrainError, SafeguardError) as exc:
         if args.debug:
             raise

@@ -105,7 +105,8 @@ def find_examples(data: Path) -> list[Example]:
     return examples
 
 
-def _from_csv(path: Path) -> list[Example]:
+def read_labels(path: Path) -> list[dict[str, str]]:
+    """The rows of a labels CSV: at least one, with the columns `file` and `category`."""
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -113,8 +114,12 @@ def _from_csv(path: Path) -> list[Example]:
         raise TrainError(f"cannot read {path}: {exc}") from None
     if not rows or not {"file", "category"} <= set(rows[0]):
         raise TrainError(f"{path} needs the columns `file` and `category` and at least one row")
+    return rows
+
+
+def _from_csv(path: Path) -> list[Example]:
     out = []
-    for row in rows:
+    for row in read_labels(path):
         clip = path.parent / row["file"]
         group = row.get("group") or recording_group(row["file"])
         out.append(Example(clip, row["category"], f"{Path(row['file']).parent}/{group}"))

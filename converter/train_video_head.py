@@ -1,7 +1,10 @@
 """Train the violence head on labelled clips (nested grouped cross-validation, numpy head file).
 
-    python -m converter.train_video_head --data ../shared/data/video-dev \
+    safeguard-convert train-head --kind video --data ../shared/data/video-dev \
         --out models_tflite/heads/violence.npz
+
+(`python -m converter.train_video_head ARGS` is the same command: it runs
+`safeguard-convert train-head --kind video ARGS`.)
 
 Each clip is sampled at the daemon's analysis rate from several phases; `edge.video.
 WindowFeatures` (what the daemon runs) turns the first `window` analysed frames into one
@@ -18,13 +21,11 @@ test folds are always scored unmirrored.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import inspect
 import itertools
 import logging
 import re
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from converter.train_head import TrainError, read_labels
 from edge import flow, video
 from edge.camera import file_frames
 from edge.models import load_manifest, verify
@@ -75,14 +77,16 @@ def load_clips(data: Path, group_size: int = 10) -> list[Clip]:
     """Clips of labels.csv (file,category[,group]); positive means `violence`."""
     labels = data / "labels.csv" if data.is_dir() else data
     clips = []
-    with labels.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            path = labels.parent / row["file"]
-            group = row.get("group") or ""
-            if not group:
-                m = re.match(r"([A-Za-z_]*?)(\d+)", path.stem)
-                group = f"{m.group(1)}{int(m.group(2)) // group_size}" if m else path.stem
-            clips.append(Clip(path, int(row["category"] == "violence"), group))
+    for row in read_labels(labels):
+        path = labels.parent / row["file"]
+        group = row.get("group") or ""
+        if not group:
+            m = re.match(r"([A-Za-z_]*?)(\d+)", path.stem)
+            group = f"{m.group(1)}{int(m.group(2)) // group_size}" if m else path.stem
+        clips.append(Clip(path, int(row["category"] == "violence"), group))
+    missing = [str(cl.path) for cl in clips if not cl.path.is_file()]
+    if missing:
+        raise TrainError(f"{labels} names {len(missing)} missing clip(s), the first {missing[0]}")
     return clips
 
 
@@ -110,7 +114,7 @@ def clip_features(
         if last is not None:
             rows.append(last)
     if not rows:
-        raise ValueError(f"{path}: too short for a window of {window} frames at {fps} fps")
+        raise TrainError(f"{path}: too short for a window of {window} frames at {fps} fps")
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(cached, np.stack(rows))
     return np.stack(rows)
@@ -212,31 +216,48 @@ def metrics(scores: F32, y: npt.NDArray[np.int_], max_fp: float) -> dict[str, fl
     }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m converter.train_video_head", description=__doc__)
-    p.add_argument("--data", type=Path, required=True, help="labels.csv or its folder")
-    p.add_argument("--out", type=Path, help="head file to write (.npz); omit to only evaluate")
-    p.add_argument("--models", type=Path, default=Path("var/models"), help="fetched models")
-    p.add_argument("--fps", type=float, default=8.0, help="analysis rate (as the daemon's)")
-    p.add_argument("--width", type=int, default=320, help="ring frame width (as the daemon's)")
-    p.add_argument("--window", type=int, default=16, help="analysed frames per feature window")
-    p.add_argument("--stride", type=int, default=2, help="backbone on every n-th analysed frame")
-    p.add_argument("--c", type=float, nargs="+", default=list(C_GRID),
-                   help="inverse L2 regularisation candidates")  # fmt: skip
-    p.add_argument("--flow-weight", type=float, nargs="+", default=list(FLOW_WEIGHTS),
-                   help="weights of the flow features against the embeddings")  # fmt: skip
-    p.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds")
-    p.add_argument("--max-fp", type=float, default=0.10, help="negative clips allowed to flag")
-    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
-                   help="add left-right mirrored copies of the training clips (training folds "
-                   "and final fit only; test folds are scored unmirrored)")  # fmt: skip
-    return p
+def add_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
+    """The options only the video head takes (`safeguard-convert train-head --kind video`)."""
+    return [
+        group.add_argument("--fps", type=float, default=8.0,
+                           help="analysis rate (as the daemon's)"),
+        group.add_argument("--width", type=int, default=320,
+                           help="ring frame width (as the daemon's)"),
+        group.add_argument("--window", type=int, default=16,
+                           help="analysed frames per feature window"),
+        group.add_argument("--stride", type=int, default=2,
+                           help="backbone on every n-th analysed frame"),
+        group.add_argument("--flow-weight", type=float, nargs="+", default=list(FLOW_WEIGHTS),
+                           help="weights of the flow features against the embeddings"),
+        group.add_argument("--max-fp", type=float, default=0.10,
+                           help="negative clips allowed to flag"),
+        group.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                           help="add left-right mirrored copies of the training clips (training "
+                           "folds and final fit only; test folds are scored unmirrored)"),
+    ]  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _check_clips(clips: list[Clip], folds: int, grid: list[tuple[float, float]]) -> None:
+    """A TrainError unless the clips can be cross-validated with `folds` grouped folds."""
+    labels = {cl.label for cl in clips}
+    if labels != {0, 1}:
+        raise TrainError("the clips need both categories: `violence` and another (e.g. `none`)")
+    if folds < (3 if len(grid) > 1 else 2):
+        raise TrainError(
+            f"--folds {folds} is too few: at least 3 when several --c or --flow-weight values are "
+            "tried (an inner cross-validation chooses among them), 2 otherwise"
+        )
+    groups = len({cl.group for cl in clips})
+    if groups < folds:
+        raise TrainError(f"{folds} grouped folds need {folds} groups of clips; there are {groups}")
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    """`safeguard-convert train-head --kind video`: cross-validate, then (with `--out`) fit and
+    write the head, `command` in its metadata."""
     clips = load_clips(args.data)
+    grid = list(itertools.product(args.c or C_GRID, args.flow_weight))
+    _check_clips(clips, args.folds, grid)
     spec = load_manifest()["mobilenet_v1_embedding"]
     backbone = Backbone(verify(spec, args.models))
     sampling = Sampling(args.fps, args.width, args.window, args.stride)
@@ -246,7 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         mirrored = [clip_features(backbone, cl.path, sampling, mirror=True) for cl in clips]
         train_feats = [np.concatenate([f, m]) for f, m in zip(feats, mirrored, strict=True)]
     y = np.array([cl.label for cl in clips])
-    grid = list(itertools.product(args.c, args.flow_weight))
     oof = cross_validate(feats, clips, args.folds, grid, sampling, train_feats)
     cv = metrics(oof, y, args.max_fp)
     mirror = ", mirrored training copies" if args.mirror else ""
@@ -268,12 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "flow_weight": fw,
                 "mirror": args.mirror,
             },
-            "command": shlex.join(["python", "-m", "converter.train_video_head", *sys.argv[1:]]),
+            "command": command,
         }
         head = VideoHead(head.weights, head.bias, cv["threshold"], args.window, args.stride, meta)
         save_video_head(args.out, head)
         sys.stdout.write(f"wrote {args.out} (C={c}, flow weight={fw})\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m converter.train_video_head ARGS`: `safeguard-convert train-head --kind video
+    ARGS` (its options, errors and head metadata)."""
+    from converter import cli
+
+    return cli.main(["train-head", "--kind", "video", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

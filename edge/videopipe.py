@@ -39,7 +39,7 @@ def build_analyzer(
         if key in trained and trained[key] != getattr(video, key):
             log.warning(
                 "video.%s is %s but the violence head was trained at %s: its scores are not "
-                "calibrated for it; retrain with `python -m converter.train_video_head --data "
+                "calibrated for it; retrain with `safeguard-convert train-head --kind video --data "
                 "DIR --%s %s --out FILE` and set video.head",
                 key, getattr(video, key), trained[key], key, getattr(video, key),
             )  # fmt: skip
@@ -175,7 +175,7 @@ class VideoWorker:
             "video analysis fell behind video.fps=%s: %d analysis slots skipped (%.0f ms per "
             "analysed frame, so about %.1f frames/s); the violence head's window then spans "
             "more time than it was trained on. Lower video.fps and retrain the head for it "
-            "(python -m converter.train_video_head --fps N)",
+            "(safeguard-convert train-head --kind video --fps N)",
             self.video.fps, skipped, ms, 1000.0 / max(ms, 1e-3),
         )  # fmt: skip
 
