@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.capture import backoff
 from edge.errors import CaptureError
+from edge.retry import Streak, backoff
 from edge.video import downscale
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ class CameraSource:
 
     def _run(self) -> None:
         attempt = 0
+        unavailable = Streak(log, "camera %s unavailable (%s); retrying in %.1f s")
         while not self._stop.is_set():
             try:
                 cap = open_capture(self.source, self._transport, self._stop)
@@ -370,12 +371,11 @@ class CameraSource:
                 attempt += 1
                 wait = backoff(attempt, self._retry_max_s)
                 self.stats.state, self.stats.error = "retrying", str(exc)
-                log.warning(
-                    "camera %s unavailable (%s); retrying in %.1f s", self.source, exc, wait
-                )
+                unavailable.say(self.source, exc, wait)
                 if self._stop.wait(wait):
                     break
                 continue
+            unavailable.reset()
             self.stats.state, self.stats.error = "running", ""
             log.info("capturing video from %s", self.source)
             opened = time.monotonic()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import soxr
 from edge import decode
 from edge.config import AudioConfig
 from edge.errors import CaptureError
+from edge.retry import Streak, backoff
 from edge.ring import AudioRing
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,6 @@ class AudioSource(Protocol):
     def start(self) -> None: ...
 
     def stop(self, timeout: float = 2.0) -> None: ...
-
-
-def backoff(attempt: int, cap: float) -> float:
-    """Jittered exponential backoff: uniform(0, min(cap, 1.5 ** attempt))."""
-    return random.uniform(0.5, max(0.5, min(cap, 1.5 ** min(attempt, 20))))
 
 
 class FileSource:
@@ -178,6 +173,7 @@ class MicSource:
             log.error("microphone unavailable: %s (install libportaudio2)", exc)
             return
         attempt = 0
+        unavailable = Streak(log, "microphone %s unavailable (%s); retrying in %.1f s")
         while not self._stop.is_set():
             try:
                 stream = self._open(sd)
@@ -185,15 +181,14 @@ class MicSource:
                 attempt += 1
                 wait = backoff(attempt, self._retry_max_s)
                 self.stats.state, self.stats.error = "retrying", str(exc)
-                log.warning(
-                    "microphone %s unavailable (%s); retrying in %.1f s", self._source, exc, wait
-                )
+                unavailable.say(self._source, exc, wait)
                 if self._stop.wait(wait):
                     break
                 sd._terminate()  # rescan devices, so a replugged microphone is found
                 sd._initialize()
                 continue
             attempt = 0
+            unavailable.reset()
             self.stats.state, self.stats.error = "running", ""
             self.stats.last_block = time.monotonic()
             log.info("capturing from %s", self.stats.device)

@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.homeassistant import HomeAssistantConfig
+from edge.retry import Streak
 from edge.secrets import read_secret
 
 log = logging.getLogger(__name__)
@@ -109,22 +110,6 @@ class _NotConnectedIsDebug(logging.Filter):
         return True
 
 
-class Unreachable:
-    """Says that a broker cannot be reached: at WARNING on the first failed attempt of a
-    streak, at DEBUG on the next ones, until `reset` (connected)."""
-
-    def __init__(self, logger: logging.Logger, message: str) -> None:
-        self.logger, self.message = logger, message
-        self._said = False
-
-    def say(self, *args: object) -> None:
-        self.logger.log(logging.DEBUG if self._said else logging.WARNING, self.message, *args)
-        self._said = True
-
-    def reset(self) -> None:
-        self._said = False
-
-
 def _release(client: paho.Client) -> None:
     """End a client's network thread and close its sockets, its wake-up socket pair included
     (paho closes that pair only in its finaliser, so it would wait for the garbage collector)."""
@@ -166,7 +151,7 @@ class MqttLink:
         self._down_since: float | None = time.monotonic()
         self._stopping = False  # a disconnect we asked for is not worth a warning
         self._attempt = 0
-        self._unreachable = Unreachable(
+        self._unreachable = Streak(
             log, "MQTT: cannot reach %s:%d; retrying with backoff up to %d s"
         )
         self._lock = threading.Lock()

@@ -3,6 +3,7 @@ remapped as a source acts as the microphone; `paplay` plays a real clip into the
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -127,17 +128,27 @@ def test_microphone_through_pulseaudio_is_resampled_to_16k(pulse: Pulse) -> None
     assert best_correlation(captured, reference) > 0.9  # the clip came through, at 16 kHz
 
 
-def test_missing_microphone_is_retried_and_reported(pulse: Pulse) -> None:
+def test_missing_microphone_is_retried_and_reported(
+    pulse: Pulse, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge.capture")
     ring = AudioRing(RATE * 5)
     source = MicSource("alsa:no-such-microphone", ring, retry_max_s=1.0)
     source.start()
+
+    def said() -> list[int]:
+        return [r.levelno for r in caplog.records if "unavailable" in r.getMessage()]
+
     try:
         wait_for(lambda: source.stats.state == "retrying", 10, "the error to be reported")
         assert "no-such-microphone" in source.stats.error
+        wait_for(lambda: len(said()) >= 3, 15, "more attempts")
         assert source._thread.is_alive()  # it keeps trying rather than crashing
     finally:
         source.stop()
     assert source.stats.state == "stopped"
+    assert said()[0] == logging.WARNING  # once per streak of failed attempts, then DEBUG
+    assert set(said()[1:]) == {logging.DEBUG}, said()
 
 
 def test_capture_comes_back_when_the_audio_server_returns(pulse: Pulse) -> None:

@@ -98,7 +98,7 @@ def test_ball_pipeline_fills_the_ring_and_is_reopened_when_it_ends() -> None:
 
 
 def test_unknown_element_is_reported_and_retried(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="edge.camera")
+    caplog.set_level(logging.DEBUG, logger="edge.camera")
     with pytest.raises(CaptureError, match=r'no element "nosuchelement"'):
         open_capture("gst:nosuchelement")
     ring = FrameRing(10, (240, 320, 3))
@@ -119,6 +119,9 @@ def test_unknown_element_is_reported_and_retried(caplog: pytest.LogCaptureFixtur
     assert cam.stats.state == "stopped"
     messages = [r.getMessage() for r in caplog.records]
     assert any('no element "nosuchelement"' in m for m in messages), messages
+    said = [r.levelno for r in caplog.records if "unavailable" in r.getMessage()]
+    assert said[0] == logging.WARNING  # once per streak of failed attempts, then DEBUG
+    assert set(said[1:]) == {logging.DEBUG}, said
 
 
 def test_stop_is_prompt_and_leaves_no_process() -> None:
