@@ -46,7 +46,8 @@ class DeviceConfig(BaseModel):
     id: str = Field(
         default_factory=lambda: re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename)[:64],
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="Device id used in MQTT topics and alerts (default: the host name).",
+        description="Device id used in MQTT topics and alerts (default: the host name); one per "
+        "device: two daemons with one id take the broker session from each other.",
     )
     location: Location | None = Field(None, description="Where the device is, for alerts.")
 

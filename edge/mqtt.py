@@ -110,6 +110,10 @@ class _NotConnectedIsDebug(logging.Filter):
         return True
 
 
+SHORT_S = 5.0  # a connection the broker closes sooner than this counts as short
+FLAPPING = 3  # short connections in a row that make the daemon say why
+
+
 def _release(client: paho.Client) -> None:
     """End a client's network thread and close its sockets, its wake-up socket pair included
     (paho closes that pair only in its finaliser, so it would wait for the garbage collector)."""
@@ -150,6 +154,8 @@ class MqttLink:
         self._connected = threading.Event()
         self._down_since: float | None = time.monotonic()
         self._stopping = False  # a disconnect we asked for is not worth a warning
+        self._connected_at = 0.0
+        self._short = 0  # connections in a row the broker closed within SHORT_S of opening
         self._attempt = 0
         self._unreachable = Streak(
             log, "MQTT: cannot reach %s:%d; retrying with backoff up to %d s"
@@ -276,8 +282,10 @@ class MqttLink:
         if self._status:
             client.publish(self.status_topic, "online", qos=1, retain=True)
         self._down_since = None
+        self._connected_at = time.monotonic()
         self._connected.set()
-        log.info("MQTT: connected (session present: %s)", flags.session_present)
+        level = logging.DEBUG if self._short >= FLAPPING else logging.INFO
+        log.log(level, "MQTT: connected (session present: %s)", flags.session_present)
         self._on_connected_cb()
 
     def _backoff(self, client: paho.Client) -> None:
@@ -295,8 +303,21 @@ class MqttLink:
     ) -> None:
         if self._connected.is_set():
             self._down_since = time.monotonic()
+            short = not self._stopping and self._down_since - self._connected_at < SHORT_S
+            self._short = self._short + 1 if short else 0
+            if self._short == FLAPPING:  # the usual cause: a second client with our id
+                log.error(
+                    "MQTT: the broker closed %d connections in a row within %.0f s of opening "
+                    "them: is another client connected as %r? Each device needs its own "
+                    "device.id (or mqtt.client_id)",
+                    FLAPPING, SHORT_S, self._client_id,
+                )  # fmt: skip
             level = logging.INFO if self._stopping else logging.WARNING
-            log.log(level, "MQTT: disconnected: %s", reason)
+            log.log(
+                logging.DEBUG if self._short >= FLAPPING else level,
+                "MQTT: disconnected: %s",
+                reason,
+            )
         self._connected.clear()
         self._backoff(client)
 

@@ -193,3 +193,41 @@ def test_broker_outage_is_logged_once_per_streak_without_errors(
     assert said(logging.INFO, "disconnected") == 1
     assert said(logging.DEBUG, "Client is not connected") >= 1  # paho's, demoted
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_second_client_with_the_same_id_is_named_not_logged_every_second(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two daemons with one device id take the broker session from each other about once a
+    second. The log says why once (ERROR naming the client id) instead of a warning each time."""
+
+    def link() -> MqttLink:
+        return MqttLink(
+            MqttConfig(port=mosquitto.port, reconnect_max=2),
+            "twin",
+            on_message=lambda _t, _p: None,
+            on_connected=lambda: None,
+            subscriptions=[],
+        )
+
+    first, second = link(), link()
+    with caplog.at_level(logging.DEBUG, logger="edge.mqtt"):
+        first.start()
+        assert first.wait_connected(10)
+        second.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            r.levelno == logging.ERROR for r in caplog.records
+        ):
+            time.sleep(0.1)
+        time.sleep(3)  # more takeovers: at DEBUG now
+        first.stop(2.0)
+        second.stop(2.0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors, "the flapping was never explained"
+    assert "is another client connected as 'safeguard-twin'?" in errors[0]
+    assert len(errors) <= 2  # once per link at most
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "disconnected" in r.msg]
+    assert len(warned) <= 2 * 2, [r.getMessage() for r in warned]  # before each link's ERROR
+    assert debug, "later takeovers are logged at DEBUG"
