@@ -362,6 +362,7 @@ class CameraSource:
     def _run(self) -> None:
         attempt = 0
         unavailable = Streak(log, "camera %s unavailable (%s); retrying in %.1f s")
+        ended = Streak(log, "camera %s stopped delivering frames (%s); reopening")
         while not self._stop.is_set():
             try:
                 cap = open_capture(self.source, self._transport, self._stop)
@@ -387,11 +388,13 @@ class CameraSource:
                 break
             # a stream that ends soon after opening (a failing pipeline) is retried with backoff
             attempt = attempt + 1 if time.monotonic() - opened < SHORT_RUN_S else 0
+            if not attempt:  # it ran a while: a new streak
+                ended.reset()
             wait = backoff(attempt, self._retry_max_s) if attempt else 0.0
             reason = getattr(cap, "error", "") or "the stream ended or stalled"
             self.stats.reopens += 1
             self.stats.state, self.stats.error = "retrying", reason
-            log.warning("camera %s stopped delivering frames (%s); reopening", self.source, reason)
+            ended.say(self.source, reason)
             if self._stop.wait(wait):
                 break
         self.stats.state = "stopped" if self._stop.is_set() else "ended"

@@ -97,6 +97,21 @@ def test_ball_pipeline_fills_the_ring_and_is_reopened_when_it_ends() -> None:
     assert stats.state == "stopped"
 
 
+def test_a_pipeline_that_keeps_ending_is_one_warning_per_streak(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge.camera")
+    cam = CameraSource(BALL.format(n=3), FrameRing(10, (240, 320, 3)), 320, retry_max_s=1)
+    cam.start()
+    try:
+        wait_until(lambda: cam.stats.reopens >= 3, 30, "the 3-frame pipeline was not reopened")
+    finally:
+        cam.stop(timeout=5)
+    said = [r.levelno for r in caplog.records if "stopped delivering" in r.getMessage()]
+    assert said[0] == logging.WARNING  # each run is short: one streak
+    assert set(said[1:]) == {logging.DEBUG}, said
+
+
 def test_unknown_element_is_reported_and_retried(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="edge.camera")
     with pytest.raises(CaptureError, match=r'no element "nosuchelement"'):
