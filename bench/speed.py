@@ -2,13 +2,15 @@
 
 1. the floor: bare YAMNet invokes at a 0.48 s hop, in process, nothing else;
 2. `safeguard analyze` as a whole process (start-up, decoding, detection), per model variant;
-3. the live daemon on a `file:` source (real-time replay): CPU share of one core and RSS.
+3. the live daemon's work per window: `Detector.process` on the stream's windows in order, one
+   at a time as the daemon's inference thread reads them from the ring (default config);
+4. the live daemon on a `file:` source (real-time replay): CPU share of one core and RSS.
 
 The project's modules are byte-compiled first, as `pip install` (install.sh) leaves them on a
 device: a checkout installed in editable mode under PYTHONDONTWRITEBYTECODE would otherwise
 compile ~20 modules from source in every process (~50 ms of start-up).
 
-    python -m bench.speed [--stream PATH] [--daemon-seconds 60]
+    python -m bench.speed [--stream PATH] [--daemon-seconds 60] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MODELS = ROOT / "var" / "models"
 STREAM = ROOT.parent / "shared" / "data" / "audio-dev" / "streams" / "stream_00.flac"
 TICK = os.sysconf("SC_CLK_TCK")
 WARM_UP_S = 6.0
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # as `safeguard`
 
 
 def bare_invokes(audio: np.ndarray, hop_s: float = 0.48) -> float:
@@ -78,6 +81,30 @@ def analyze_process(stream: Path, config: Path) -> float:
     return time.perf_counter() - began
 
 
+def live_windows(stream: Path, config: Path) -> float:
+    """Seconds of the daemon's per-window work over `stream`, in its own process pinned to one
+    core with the daemon's environment (one BLAS thread); start-up and decoding not counted."""
+    command = ["taskset", "-c", "0", sys.executable, "-m", "bench.speed", "--live-windows"]
+    command += [str(config), str(stream)]
+    env = {**os.environ, **dict.fromkeys(BLAS_THREADS, "1")}
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    return float(done.stdout.split()[-1])
+
+
+def _time_live_windows(config_path: Path, stream: Path) -> None:
+    from edge.config import load_config
+    from edge.pipeline import build_detector, hop_samples
+
+    config = load_config(config_path)
+    detector = build_detector(config)
+    audio = decode.read_all(stream)
+    ends = range(15600, len(audio) + 1, hop_samples(config))
+    began = time.perf_counter()
+    for end in ends:
+        detector.process(audio[end - 15600 : end], end)
+    print(time.perf_counter() - began)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of `pid` and of the children it has waited for (e.g. clip encoders)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -118,6 +145,9 @@ def daemon_load(stream: Path, folder: Path, seconds: float) -> tuple[float, floa
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--live-windows"]:  # the child process of `live_windows`
+        _time_live_windows(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stream", type=Path, default=STREAM)
     parser.add_argument("--daemon-seconds", type=float, default=60.0)
@@ -136,6 +166,9 @@ def main() -> None:
             config = write_config(folder / variant, f"audio: {{model: {variant}}}\n")
             seconds = min(analyze_process(args.stream, config) for _ in range(args.repeat))
             rows.append((f"`safeguard analyze`, {variant}, 0.25 s hop, whole process", seconds))
+        default = folder / "yamnet_spectra_in" / "config.yaml"
+        seconds = min(live_windows(args.stream, default) for _ in range(args.repeat))
+        rows.append(("the daemon's work per window (default config), in process", seconds))
         (folder / "daemon").mkdir()
         share, peak = daemon_load(args.stream, folder / "daemon", args.daemon_seconds)
     print(

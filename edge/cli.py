@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # One thread for numpy's BLAS, set before numpy loads: the daemon's matrix products are tiny
-# (the log-mel front end, 96x257 by 257x64 every 0.25 s) and OpenBLAS's worker threads spin
+# (the log-mel front end, 25x257 by 257x64 every 0.25 s) and OpenBLAS's worker threads spin
 # between calls: 43% of a core for the live daemon instead of 1.7% (bench/RESULTS.md).
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")

@@ -18,7 +18,7 @@ MEL_BANDS = 64
 PATCH_FRAMES = 96
 PATCH_SAMPLES = WINDOW + (PATCH_FRAMES - 1) * HOP  # 15600
 LOG_OFFSET = 0.001
-CHUNK = 256  # frames per FFT block
+CHUNK = 48  # frames per FFT block: small enough for its buffers to stay in cache
 
 F32 = npt.NDArray[np.float32]
 
@@ -50,7 +50,7 @@ class LogMel:
 
     def __init__(self, log_offset: float = LOG_OFFSET, peak_normalize: bool = False) -> None:
         self._offset = np.float32(log_offset)
-        self._normalize = peak_normalize
+        self.peak_normalize = peak_normalize
         n = np.arange(WINDOW)
         self._window = (0.5 - 0.5 * np.cos(2 * np.pi * n / WINDOW)).astype(np.float32)
         self._mel = mel_matrix()
@@ -60,13 +60,13 @@ class LogMel:
         count = 0 if len(audio) < WINDOW else 1 + (len(audio) - WINDOW) // HOP
         if count == 0:
             return np.zeros((0, MEL_BANDS), np.float32)
-        if self._normalize:
+        if self.peak_normalize:
             audio = (audio / max(float(np.abs(audio).max()), 1e-9)).astype(np.float32)
         strides = (audio.strides[0] * HOP, audio.strides[0])
         framed = np.lib.stride_tricks.as_strided(audio, (count, WINDOW), strides, writeable=False)
         out = np.empty((count, MEL_BANDS), np.float32)
         block = np.zeros((min(CHUNK, count), FFT), np.float32)  # zero-padded to the FFT size
-        for first in range(0, count, CHUNK):  # blocks that stay in cache: long files are fast
+        for first in range(0, count, CHUNK):
             n = min(CHUNK, count - first)
             np.multiply(framed[first : first + n], self._window, out=block[:n, :WINDOW])
             magnitude = np.abs(np.fft.rfft(block[:n]))
@@ -78,3 +78,41 @@ class LogMel:
         if len(audio) != PATCH_SAMPLES:
             raise ValueError(f"a patch needs {PATCH_SAMPLES} samples, got {len(audio)}")
         return self.frames(audio)
+
+
+class PatchStream:
+    """Patches of the overlapping windows of one stream, each frame computed once.
+
+    A window that starts a whole number of frame hops after the previous one and agrees with
+    it where they overlap reuses the previous patch's frames for that part: at a 0.25 s hop
+    that is 71 of 96 frames, three quarters of the front end's work. Any other window (the
+    first, one after a skip, or other audio) is computed whole.
+    """
+
+    def __init__(self, frontend: LogMel) -> None:
+        self.frontend = frontend
+        self._start = 0
+        self._audio = np.zeros(PATCH_SAMPLES, np.float32)
+        self._frames: F32 | None = None
+
+    def patch(self, audio: F32, start: int) -> F32:
+        """The patch of `audio` (15600 samples), which starts at absolute sample `start`."""
+        shift = start - self._start
+        new = shift // HOP
+        if (
+            self._frames is None
+            or self.frontend.peak_normalize
+            or shift < 0
+            or shift % HOP
+            or new >= PATCH_FRAMES
+            or not np.array_equal(audio[: PATCH_SAMPLES - shift], self._audio[shift:])
+        ):
+            frames = self.frontend.patch(audio)
+        elif new == 0:
+            frames = self._frames
+        else:
+            kept = PATCH_FRAMES - new
+            frames = np.concatenate([self._frames[new:], self.frontend.frames(audio[kept * HOP :])])
+        self._audio[:] = audio
+        self._start, self._frames = start, frames
+        return frames

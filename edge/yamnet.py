@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from edge.backend import TFLiteModel
 from edge.errors import ModelError
-from edge.frontend import PATCH_SAMPLES, LogMel
+from edge.frontend import PATCH_SAMPLES, LogMel, PatchStream
 
 F32 = npt.NDArray[np.float32]
 Variant = Literal["yamnet", "yamnet_spectra_in"]
@@ -76,6 +76,7 @@ class Yamnet:
         self._embedding = self._model.tensor_index(EMBEDDING_TENSOR)
         self._emb_scale, self._emb_zero = self._model.quantization(self._embedding)
         self.frontend = LogMel() if variant == "yamnet_spectra_in" else None
+        self._patches = PatchStream(self.frontend) if self.frontend is not None else None
         expected = (1, 96, 64) if self.frontend else (PATCH_SAMPLES,)
         shape = tuple(int(x) for x in self._model.inputs[0]["shape"])
         if shape != expected:
@@ -89,8 +90,8 @@ class Yamnet:
         """Scores and embedding of one window of exactly 15600 samples."""
         if not np.any(audio):  # digital silence: nothing to hear, skip the model
             return silent_window(end)
-        if self.frontend is not None:
-            return self.classify_patch(self.frontend.patch(audio), end)
+        if self._patches is not None:
+            return self.classify_patch(self._patches.patch(audio, end - PATCH_SAMPLES), end)
         self._model.invoke(audio)
         return self._read(end)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.frontend import PATCH_SAMPLES, LogMel, mel_matrix
+from edge.frontend import HOP, PATCH_SAMPLES, LogMel, PatchStream, mel_matrix
 from tests.helpers import SHARED_MODELS, require_shared
 
 
@@ -50,3 +50,43 @@ def test_frames_are_framed_every_10_ms() -> None:
     assert frames.shape == (1 + (16000 - 400) // 160, 64)
     np.testing.assert_allclose(frames[10], frontend.frames(audio[1600:2000])[0], atol=1e-5)
     assert frontend.frames(audio[:399]).shape == (0, 64)
+
+
+class CountingLogMel(LogMel):
+    """Counts the frames it computes."""
+
+    computed = 0
+
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        out = super().frames(audio)
+        self.computed += len(out)
+        return out
+
+
+def test_a_stream_of_overlapping_windows_gives_the_same_patches_computing_each_frame_once() -> None:
+    audio = np.random.default_rng(1).standard_normal(16000 * 6).astype(np.float32) * 0.1
+    reference, counting = LogMel(), CountingLogMel()
+    stream = PatchStream(counting)
+    hop = 25 * HOP  # 0.25 s
+    # the daemon's windows, then a skip (inference fell behind), a start that is not on a
+    # frame boundary of the last one, a repeat of the same window, and a step back
+    starts = [*range(0, 8 * hop, hop), 12 * hop, 12 * hop + 80, 12 * hop + 80, 3 * hop]
+    for start in starts:
+        window = audio[start : start + PATCH_SAMPLES]
+        np.testing.assert_allclose(stream.patch(window, start), reference.patch(window), atol=1e-5)
+    whole = 96 * 4  # the first window, the skip, the off-boundary start, the step back
+    assert counting.computed == whole + 7 * 25  # the other seven windows: their 25 new frames
+
+
+def test_a_window_whose_overlap_differs_is_computed_whole() -> None:
+    rng = np.random.default_rng(2)
+    first, other = (rng.standard_normal(PATCH_SAMPLES + 4000).astype(np.float32) for _ in "ab")
+    stream = PatchStream(LogMel())
+    stream.patch(first[:PATCH_SAMPLES], 0)
+    # another source's audio at the next hop (a test, or a restarted capture): not reused
+    window = other[4000:]
+    np.testing.assert_allclose(stream.patch(window, 4000), LogMel().patch(window), atol=1e-5)
+    # the same start with different audio is not the cached patch either
+    np.testing.assert_allclose(
+        stream.patch(first[4000:], 4000), LogMel().patch(first[4000:]), atol=1e-5
+    )
