@@ -4,7 +4,9 @@
 2. `safeguard analyze` as a whole process (start-up, decoding, detection), per model variant;
 3. the live daemon's work per window: `Detector.process` on the stream's windows in order, one
    at a time as the daemon's inference thread reads them from the ring (default config);
-4. the live daemon on a `file:` source (real-time replay): CPU share of one core and RSS.
+4. the live daemon on a `file:` source (real-time replay): CPU share of one core and RSS;
+5. the same on the microphone path: PortAudio recording a PulseAudio null sink's monitor at
+   48 kHz stereo (`bench.pulse`) while `paplay` plays the stream into the sink.
 
 The project's modules are byte-compiled first, as `pip install` (install.sh) leaves them on a
 device: a checkout installed in editable mode under PYTHONDONTWRITEBYTECODE would otherwise
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.pulse import PulseServer
 from edge import decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,13 +130,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def daemon_load(stream: Path, folder: Path, seconds: float) -> tuple[float, float]:
-    """CPU share of one core (after start-up) and peak RSS of the live daemon."""
-    config = write_config(folder, f"audio: {{source: 'file:{stream}'}}\n")
+def daemon_load(
+    folder: Path, seconds: float, audio: str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """CPU share of one core (after start-up) and peak RSS of the live daemon, its `audio:`
+    config section given as YAML flow mapping `audio`."""
+    config = write_config(folder, f"audio: {audio}\n")
+    log = (folder / "daemon.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
         cwd=ROOT,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, **(env or {})},
     )
     try:
         share = steady_share(proc.pid, seconds)
@@ -141,7 +149,28 @@ def daemon_load(stream: Path, folder: Path, seconds: float) -> tuple[float, floa
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        log.close()
     return share, peak
+
+
+def microphone_load(stream: Path, folder: Path, seconds: float) -> tuple[float, float]:
+    """The live daemon on its microphone path: a private PulseAudio server's null sink at
+    48 kHz stands in for the room, `paplay` plays the stream into it, and the daemon records
+    its monitor as a 48 kHz stereo microphone (PortAudio, downmix, resampling to 16 kHz)."""
+    pulse = PulseServer(folder / "pulse")
+    pulse.start()
+    player = pulse.play(stream)
+    try:
+        audio = "{source: 'pulse:virtmic', sample_rate: 48000, channels: 2}"
+        load = daemon_load(folder, seconds, audio, {"PULSE_SERVER": pulse.server})
+        said = (folder / "daemon.log").read_text()
+        if "capturing from pulse:virtmic" not in said or player.poll() is not None:
+            raise RuntimeError(f"the daemon did not record the played stream:\n{said[-2000:]}")
+        return load
+    finally:
+        player.kill()
+        player.wait(timeout=10)
+        pulse.stop()
 
 
 def main() -> None:
@@ -170,7 +199,10 @@ def main() -> None:
         seconds = min(live_windows(args.stream, default) for _ in range(args.repeat))
         rows.append(("the daemon's work per window (default config), in process", seconds))
         (folder / "daemon").mkdir()
-        share, peak = daemon_load(args.stream, folder / "daemon", args.daemon_seconds)
+        audio_file = f"{{source: 'file:{args.stream}'}}"
+        share, peak = daemon_load(folder / "daemon", args.daemon_seconds, audio_file)
+        (folder / "mic").mkdir()
+        mic_share, mic_peak = microphone_load(args.stream, folder / "mic", args.daemon_seconds)
     print(
         f"stream: {args.stream.name}, {duration:.0f} s; one core (taskset -c 0); best of "
         f"{args.repeat}\n"
@@ -183,6 +215,11 @@ def main() -> None:
         f"\nlive daemon (`safeguard run`, file source at real-time speed, default config): "
         f"{share * 100:.1f}% of one core over {args.daemon_seconds:.0f} s, peak RSS "
         f"{peak:.0f} MB"
+    )
+    print(
+        f"live daemon on the microphone path (PulseAudio null sink at 48 kHz stereo as the "
+        f"microphone, paplay feeding the stream): {mic_share * 100:.1f}% of one core over "
+        f"{args.daemon_seconds:.0f} s, peak RSS {mic_peak:.0f} MB"
     )
 
 

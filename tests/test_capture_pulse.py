@@ -4,8 +4,6 @@ remapped as a source acts as the microphone; `paplay` plays a real clip into the
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.pulse import PulseError, PulseServer
 from edge import decode
 from edge.capture import MicSource
 from edge.errors import CaptureError
@@ -23,57 +22,19 @@ from tests.helpers import AUDIO_DEV, require_shared
 RATE = 16000
 
 
-class Pulse:
-    """A private PulseAudio server with sink `virt` (48 kHz) and source `virtmic`."""
+class Pulse(PulseServer):
+    """The private PulseAudio server (`bench.pulse`); a failure to start fails the test."""
 
-    def __init__(self, runtime: Path) -> None:
-        exe = shutil.which("pulseaudio")
-        if exe is None:
-            pytest.fail("pulseaudio is not installed: run `make deps`", pytrace=False)
-        self.exe = exe
-        self.runtime = runtime
-        self.server = f"unix:{runtime / 'native'}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PULSE_RUNTIME_PATH": str(self.runtime), "HOME": str(self.runtime)}
-        self.proc = subprocess.Popen(
-            [
-                self.exe,
-                "-n",
-                "--daemonize=no",
-                "--exit-idle-time=-1",
-                "--use-pid-file=no",
-                "-L",
-                f"module-native-protocol-unix auth-anonymous=1 socket={self.runtime}/native",
-                "-L",
-                "module-null-sink sink_name=virt rate=48000",
-                "-L",
-                "module-remap-source master=virt.monitor source_name=virtmic",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        probe = ["pactl", "-s", self.server, "info"]
-        while subprocess.run(probe, check=False, capture_output=True).returncode:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                pytest.fail("the PulseAudio test server did not start", pytrace=False)
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
+    def start(self, timeout: float = 15.0) -> None:
+        try:
+            super().start(timeout)
+        except PulseError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture
 def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pulse]:
     server = Pulse(tmp_path / "pulse")
-    server.runtime.mkdir()
     server.start()
     monkeypatch.setenv("PULSE_SERVER", server.server)
     yield server

@@ -120,7 +120,6 @@ def test_watch_is_ready_after_samples_and_pings_only_while_progressing() -> None
 @pytest.fixture
 def pulse(tmp_path: Path) -> Iterator[Pulse]:
     server = Pulse(tmp_path / "pulse")
-    server.runtime.mkdir()
     server.start()
     yield server
     if server.proc is not None:
