@@ -1,7 +1,9 @@
 """Offline analysis: a file through the live detector as fast as possible.
 
 Windows are taken exactly as the daemon takes them from its ring (every `hop_s`, the first
-ending at 0.975 s), so `alert_at_s` is the stream time at which the daemon would alert.
+ending at 0.975 s), so `alert_at_s` is the stream time at which the daemon would alert. A file
+shorter than one window is padded with silence to one window (a microphone goes on after the
+sound), so its events end no earlier than their alert.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def analyze_audio(
                 }
             elif event.phase == "end":
                 began = open_events.pop(event.key)
-                duration = len(audio) / RATE
+                duration = max(len(audio) / RATE, began["alert_at_s"])
                 records.append(
                     EventRecord(
                         file=name,

@@ -1,4 +1,4 @@
-"""The `safeguard` command line: run, check, analyze, listen, models."""
+"""The `safeguard` command line: run, check, analyze, listen, test-alert, models."""
 
 from __future__ import annotations
 
@@ -16,10 +16,16 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from edge import __version__  # noqa: E402
 from edge.config import Config, load_config  # noqa: E402
 from edge.errors import ConfigError, SafeguardError  # noqa: E402
+
+if TYPE_CHECKING:
+    from edge.analyze import EventRecord
+    from edge.video import Backbone
+    from edge.yamnet import Yamnet
 
 log = logging.getLogger("safeguard")
 DEFAULT_CONFIG = Path("/etc/safeguard/config.yaml")
@@ -72,6 +78,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: ok ({args.config or 'embedded defaults'})")
     model = load_yamnet(config)
     print(f"model: ok ({config.audio.model}, sha256 verified, {model.runtime})")
+    if config.audio.source.startswith("file:"):  # what `run` would replay
+        from edge.decode import blocks
+        from edge.errors import CaptureError
+
+        path = Path(config.audio.source.removeprefix("file:"))
+        replay = blocks(path)
+        try:
+            if next(replay, None) is None:
+                raise CaptureError(f"audio.source {path}: holds no audio samples")
+        finally:
+            replay.close()
+        print(f"audio source: ok ({config.audio.source} decodes)")
     categories = ", ".join(build_detector(config, model).categories)  # loads the heads too
     print(f"categories: ok ({categories or 'none enabled'})")
     if config.video.source != "none":  # what the video worker loads at start
@@ -79,6 +97,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         head = build_analyzer(config.video, load_backbone(config.models_dir)).head
         print(f"video: ok (backbone sha256 verified, violence head over {head.window} frames)")
+        if config.video.source.startswith("file:"):  # what `run` would replay
+            from edge.camera import open_capture
+
+            open_capture(config.video.source).release()
+            print(f"video source: ok ({config.video.source} opens)")
     print(f"broker: ok ({_reach_broker(config)})")
     if config.listener.enabled:
         from edge.secrets import require_secret
@@ -103,45 +126,63 @@ def _progress(name: str) -> Callable[[float], None] | None:
     return show
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+def _analyze_one(
+    path: Path, name: str, config: Config, model: Yamnet, video: list[Backbone]
+) -> tuple[list[EventRecord], SafeguardError | None]:
+    """The events of one file: its sound, and its picture when it has one; a failure of the
+    picture comes back beside the sound's events."""
     from edge.analyze import analyze_file
-    from edge.decode import is_video
-    from edge.pipeline import build_detector, hop_samples, load_yamnet
+    from edge.decode import is_video, stream_kinds
+    from edge.pipeline import build_detector, hop_samples
+
+    kinds = stream_kinds(path) if is_video(path) and path.is_file() else None
+    has_picture = is_video(path) and (kinds is None or "video" in kinds)
+    records: list[EventRecord] = []
+    if not has_picture or kinds is None or "audio" in kinds:
+        detector = build_detector(config, model)
+        records = analyze_file(path, detector, hop_samples(config), name, _progress(name))
+    if has_picture:  # violence events (OpenCV is loaded for video files only)
+        from edge.videopipe import analyze_video, build_analyzer, load_backbone
+
+        try:
+            if not video:
+                video.append(load_backbone(config.models_dir, config.video.threads))
+            analyzer = build_analyzer(config.video, video[0])
+            found = analyze_video(path, analyzer, config.video, name)
+        except SafeguardError as exc:
+            if not records:
+                raise
+            return records, exc
+        records = sorted([*records, *found], key=lambda r: (r.alert_at_s, r.category))
+    return records, None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from edge.pipeline import load_yamnet
 
     config = _config(args)
     model = load_yamnet(config)
-    backbone = None
+    video: list[Backbone] = []  # loaded at the first video file
     failed = 0
     for name in args.files:
-        detector = build_detector(config, model)
-        path = Path(name)
         try:
-            records = []
-            if not is_video(path):
-                records = analyze_file(path, detector, hop_samples(config), name, _progress(name))
-            else:  # the picture too: violence events (OpenCV is loaded for video files only)
-                from edge.videopipe import analyze_video, build_analyzer, has_audio, load_backbone
-
-                if has_audio(path):
-                    records = analyze_file(
-                        path, detector, hop_samples(config), name, _progress(name)
-                    )
-                backbone = backbone or load_backbone(config.models_dir, config.video.threads)
-                found = analyze_video(
-                    path, build_analyzer(config.video, backbone), config.video, name
-                )
-                records = sorted([*records, *found], key=lambda r: (r.alert_at_s, r.category))
+            records, error = _analyze_one(Path(name), name, config, model, video)
         except SafeguardError as exc:
-            print(f"safeguard: {exc}", file=sys.stderr)
+            records, error = [], exc
+        if error is not None:
+            if args.debug:
+                log.error("%s failed", name, exc_info=error)
+            print(f"safeguard: {error}", file=sys.stderr)
             failed += 1
-            continue
+            if not records:
+                continue
         for record in records:
             if args.json:
                 print(json.dumps(record.to_json()), flush=True)
             else:
                 print(
-                    f"{name}: {record.category:12} {record.start_s:8.2f}-{record.end_s:8.2f} s"
-                    f"  peak {record.peak_score:.2f}  alert at {record.alert_at_s:.2f} s"
+                    f"{name}: {record.category:12} {record.start_s:8.3f}-{record.end_s:8.3f} s"
+                    f"  peak {record.peak_score:.2f}  alert at {record.alert_at_s:.3f} s"
                 )
         if not records and not args.json:
             print(f"{name}: no threat events")
@@ -166,9 +207,13 @@ def cmd_test_alert(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from edge.models import fetch, load_manifest, verify
+    from edge.models import fetch, load_manifest, prepare, verify
 
     directory: Path = args.dir or _config(args).models_dir
+    if args.action == "verify" and args.mirror is not None:
+        raise SafeguardError("--from is for `models fetch`; `models verify` checks --dir only")
+    if args.action == "fetch":
+        prepare(directory, args.mirror)
     failed = 0
     for spec in load_manifest().values():
         try:
@@ -178,9 +223,23 @@ def cmd_models(args: argparse.Namespace) -> int:
             else:
                 print(f"{spec.name}: {verify(spec, directory)} (sha256 ok)")
         except SafeguardError as exc:
-            print(f"{spec.name}: {exc}", file=sys.stderr)
+            print(f"safeguard: {exc}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _at_least(low: float, kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,8 +263,10 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="one JSON object per event")
     analyze.set_defaults(func=cmd_analyze)
     listen = sub.add_parser("listen", parents=[common], help="show what the microphone hears")
-    listen.add_argument("--seconds", type=float, default=0, help="stop after this long (0: ^C)")
-    listen.add_argument("--top", type=int, default=5, help="how many classes to show")
+    listen.add_argument(
+        "--seconds", type=_at_least(0.0, float), default=0, help="stop after this long (0: ^C)"
+    )
+    listen.add_argument("--top", type=_at_least(1, int), default=5, help="how many classes to show")
     listen.set_defaults(func=cmd_listen)
     sub.add_parser(
         "test-alert", parents=[common], help="send a test alert through every configured channel"
@@ -218,7 +279,9 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="copy from this mirror folder instead of downloading",
     )
-    models.add_argument("--dir", type=Path, help="model folder (default: storage.dir/models)")
+    models.add_argument(
+        "--dir", type=Path, help="model folder (default: models.dir, else storage.dir/models)"
+    )
     models.set_defaults(func=cmd_models)
     return parser
 
@@ -242,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `safeguard analyze --json ... | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return 1
     return code
 
 

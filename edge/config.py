@@ -163,7 +163,21 @@ class Config(BaseModel):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so keys such as `on` and `off` stay strings."""
+    """YAML 1.2 booleans: only true/false, so keys such as `on` and `off` stay strings; a key
+    written twice in one mapping is an error (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (first on line {seen[key]})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            if isinstance(key, str):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -210,12 +224,23 @@ def _merge_categories(raw: dict[str, Any]) -> None:
     detection["categories"] = merged
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (1-based line and column) and what."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).split())
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    what = exc.problem or exc.context or "syntax error"
+    context = f" ({exc.context})" if exc.context and exc.problem else ""
+    return f"{where}{what}{context}"
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         raw = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 (a SafeLoader subclass)
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     lines: dict[tuple[Any, ...], int] = {}
@@ -254,7 +279,9 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse_config(text, str(path))

@@ -259,7 +259,8 @@ class Daemon:
             self.watch.tick()
             if self._source_done():
                 log.info("file source ended: stopping once its alerts are delivered")
-                return self.shutdown(drain_s=DRAIN_S)
+                failed = isinstance(self.source, FileSource) and bool(self.source.stats.error)
+                return self.shutdown(drain_s=DRAIN_S) or int(failed)
             if time.monotonic() >= next_health:
                 next_health += every
                 health = self.health()

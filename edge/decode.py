@@ -3,9 +3,10 @@ the rest (the audio track of MP4 and other containers)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,18 @@ import soxr
 
 from edge.errors import CaptureError
 
+log = logging.getLogger(__name__)
+
 RATE = 16000
 F32 = npt.NDArray[np.float32]
 _NATIVE = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
 
 
 def to_mono(block: npt.NDArray[np.float32]) -> F32:
+    """Channels averaged, and clipped to [-1, 1] as a microphone's samples are (float files
+    can hold louder samples, which the models never see from a microphone)."""
     out: F32 = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block
-    return out
+    return np.clip(out, -1.0, 1.0, out=out if out is not block else None)
 
 
 def _soundfile_blocks(handle: soundfile.SoundFile, block_s: float) -> Iterator[F32]:
@@ -63,11 +68,14 @@ def _ffmpeg_blocks(path: Path, block_s: float) -> Iterator[F32]:
         got = False
         while chunk := proc.stdout.read(size):
             got = True
-            yield np.frombuffer(chunk[: len(chunk) // 4 * 4], np.float32).copy()
+            yield np.clip(np.frombuffer(chunk[: len(chunk) // 4 * 4], np.float32), -1.0, 1.0)
         error = proc.stderr.read().decode(errors="replace").strip()
         if proc.wait() != 0 or not got:
             detail = error.splitlines()[-1] if error else "no audio track"
             raise CaptureError(f"{path}: cannot decode audio ({detail})")
+        if error:
+            log.warning("%s: decoded with errors, the file may be damaged (%s)", path,
+                        error.splitlines()[-1])  # fmt: skip
 
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"}
@@ -78,19 +86,54 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def stream_kinds(path: Path) -> set[str] | None:
+    """The kinds of stream in a container ("audio", "video"; cover art is not video), or None
+    when ffprobe is not installed or cannot read the file (the decoders then say why)."""
+    exe = shutil.which("ffprobe")
+    if exe is None:
+        return None
+    out = subprocess.run(
+        [exe, "-v", "error", "-show_entries", "stream=codec_type:stream_disposition=attached_pic",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        return None
+    rows = (line.partition(",") for line in out.stdout.split())
+    return {kind for kind, _, picture in rows if picture != "1"}
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether a RIFF/WAVE file is shorter than its header says (libsndfile reads what is there
+    without a word)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False  # the decoder says why
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return False
+    declared = int.from_bytes(head[4:8], "little") + 8
+    return 8 < declared < 0xFFFFFFFF and declared > path.stat().st_size
+
+
 def _open_native(path: Path) -> soundfile.SoundFile | None:
     """A libsndfile handle for `path`, or None where ffmpeg must decode it."""
+    if path.is_dir():
+        raise CaptureError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise CaptureError(f"{path}: no such file")
     if path.suffix.lower() not in _NATIVE:
         return None
+    if _cut_short(path):
+        log.warning("%s: the file is shorter than its header says: it may be cut off", path)
     try:
         return soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError):
         return None  # an encoding libsndfile does not know: let ffmpeg try
 
 
-def blocks(path: Path, block_s: float = 0.5) -> Iterator[F32]:
+def blocks(path: Path, block_s: float = 0.5) -> Generator[F32, None, None]:
     """The file's audio as 16 kHz mono float32 blocks of about `block_s` seconds."""
     handle = _open_native(path)
     if handle is not None:
@@ -108,6 +151,8 @@ def read_all(path: Path) -> F32:
     with handle:
         rate = int(handle.samplerate)
         audio = to_mono(handle.read(dtype="float32", always_2d=False))
+    if not len(audio):
+        raise CaptureError(f"{path}: holds no audio samples")
     if rate != RATE:
         audio = soxr.resample(audio, rate, RATE).astype(np.float32)
     return np.ascontiguousarray(audio, np.float32)

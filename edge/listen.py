@@ -9,7 +9,7 @@ import threading
 import time
 from types import FrameType
 
-from edge.capture import open_source
+from edge.capture import FileSource, open_source
 from edge.config import Config
 from edge.detector import RATE
 from edge.errors import CaptureError
@@ -42,6 +42,8 @@ def listen(config: Config, seconds: float, top: int) -> int:
             shown_error = source.stats.error
             print(f"[{source.stats.state}] {shown_error}", file=sys.stderr, flush=True)
         if ring.head < next_end:
+            if isinstance(source, FileSource) and source.ended.is_set():
+                break  # a file source has ended and every window of it has been shown
             stop.wait(0.02)
             continue
         try:
@@ -59,4 +61,6 @@ def listen(config: Config, seconds: float, top: int) -> int:
         print(f"{next_end / RATE:8.2f}s {level:6.1f} dBFS | {categories} | {classes}", flush=True)
         next_end += hop
     source.stop()
-    return 0
+    if source.stats.error != shown_error:
+        print(f"[{source.stats.state}] {source.stats.error}", file=sys.stderr, flush=True)
+    return 1 if isinstance(source, FileSource) and source.stats.error else 0

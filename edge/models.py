@@ -61,7 +61,13 @@ def verify(spec: ModelSpec, directory: Path) -> Path:
             f"model {spec.name} at {path} is {size} bytes, expected {spec.size} "
             f"(truncated or wrong file); {hint}"
         )
-    digest = sha256_of(path)
+    try:
+        digest = sha256_of(path)
+    except OSError as exc:
+        raise ModelError(
+            f"model {spec.name}: cannot read {path} ({exc.strerror}); the user that runs "
+            "safeguard needs read access to it"
+        ) from None
     if digest != spec.sha256:
         raise ModelError(
             f"model {spec.name} at {path} has sha256 {digest}, expected {spec.sha256}; {hint}"
@@ -87,9 +93,21 @@ def _download(url: str, target: Path) -> None:
         shutil.copyfileobj(response, out, CHUNK)
 
 
+def prepare(directory: Path, mirror: Path | None) -> None:
+    """Make the model folder; ModelError when it cannot be made or the mirror is missing."""
+    if mirror is not None and not mirror.is_dir():
+        raise ModelError(f"the mirror folder {mirror} does not exist or is not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot make the model folder {directory}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise ModelError(f"cannot write to the model folder {directory}")
+
+
 def fetch(spec: ModelSpec, directory: Path, mirror: Path | None = None) -> tuple[Path, str]:
     """Put a verified copy of `spec` in `directory`; returns the path and what was done."""
-    directory.mkdir(parents=True, exist_ok=True)
+    prepare(directory, mirror)
     try:
         return verify(spec, directory), "present"
     except ModelError:
@@ -118,6 +136,7 @@ def fetch(spec: ModelSpec, directory: Path, mirror: Path | None = None) -> tuple
         digest = sha256_of(tmp)
         if digest != spec.sha256:
             raise ModelError(f"model {spec.name}: got sha256 {digest}, expected {spec.sha256}")
+        tmp.chmod(0o644)  # mkstemp's 0600 would hide the model from the service's user
         os.replace(tmp, directory / spec.file)
     finally:
         tmp.unlink(missing_ok=True)

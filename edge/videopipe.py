@@ -6,8 +6,6 @@ path). Frames are sampled as the live sampler takes them, so `alert_at_s` matche
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +13,6 @@ from pathlib import Path
 
 from edge.analyze import EventRecord
 from edge.camera import CameraSource, FrameRing, file_frames
-from edge.decode import is_video
 from edge.events import Event, EventSink, deliver
 from edge.models import load_manifest, verify
 from edge.video import Backbone, VideoAnalyzer, load_video_head
@@ -84,21 +81,6 @@ def analyze_video(
         take(analyzer.process(frame, t))
     take(analyzer.flush(last_t))
     return records
-
-
-def has_audio(path: Path) -> bool:
-    """Whether `path` has an audio track (non-video files are assumed to be audio)."""
-    if not is_video(path):
-        return True
-    exe = shutil.which("ffprobe")
-    if exe is None:
-        return True  # let the audio decoder say what is wrong
-    out = subprocess.run(
-        [exe, "-v", "error", "-select_streams", "a", "-show_entries", "stream=index", "-of",
-         "csv=p=0", str(path)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    return bool(out.stdout.strip())
 
 
 class VideoWorker:

@@ -85,3 +85,14 @@ def test_whole_file_read_resamples_like_the_block_reader(tmp_path: Path) -> None
     n = min(len(whole), len(blocks), len(original))
     assert np.corrcoef(whole[:n], blocks[:n])[0, 1] > 0.999
     assert np.corrcoef(whole[:n], 0.75 * original[:n])[0, 1] > 0.999  # downmixed, in step
+
+
+def test_float_samples_beyond_full_scale_are_clipped_as_a_microphone_would(
+    tmp_path: Path,
+) -> None:
+    loud = np.array([0.5, -3.0, 40.0, -0.25], np.float32).repeat(4000)
+    path = tmp_path / "loud.wav"
+    soundfile.write(path, loud, RATE, subtype="FLOAT")
+    expected = np.clip(loud, -1.0, 1.0)
+    np.testing.assert_array_equal(decode.read_all(path), expected)
+    np.testing.assert_array_equal(np.concatenate(list(decode.blocks(path))), expected)

@@ -291,3 +291,86 @@ def test_listen_prints_what_it_hears(config: Path, tmp_path: Path) -> None:
     assert all("dBFS" in line and "gunshot=" in line and "scream=" in line for line in lines)
     shot = [line for line in lines if "Gunshot, gunfire" in line]
     assert shot, "the gunshot at 3 s was not among the top classes"
+
+
+def test_analyze_an_mp4_without_a_picture_reports_its_sound(config: Path, tmp_path: Path) -> None:
+    """An MP4 holding only audio (a phone's voice memo) is analysed as audio."""
+    clip = tmp_path / "memo.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(require_shared(AUDIO_DEV) / GUNSHOT), "-c:a", "aac",
+         str(clip)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    result = run_cli("analyze", "--config", str(config), "--json", str(clip))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["category"] for line in result.stdout.splitlines()] == ["gunshot"]
+
+
+def test_analyze_says_what_is_wrong_with_odd_inputs(config: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), 16000)  # a valid header, no samples
+    audio, rate = soundfile.read(require_shared(AUDIO_DEV) / GUNSHOT, dtype="float32")
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, audio, rate, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    result = run_cli("analyze", "--config", str(config), str(folder), str(empty), str(cut))
+    assert result.returncode == 1
+    assert "folder.wav: is a folder, not an audio file" in result.stderr
+    assert "empty.wav: holds no audio samples" in result.stderr
+    assert "cut.wav: the file is shorter than its header says" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_file_shorter_than_a_window_ends_no_earlier_than_its_alert(
+    config: Path, tmp_path: Path
+) -> None:
+    audio, rate = soundfile.read(require_shared(AUDIO_DEV) / GUNSHOT, dtype="float32")
+    short = tmp_path / "short.wav"
+    soundfile.write(short, audio[: int(rate * 0.7)], rate)
+    result = run_cli("analyze", "--config", str(config), "--json", str(short))
+    assert result.returncode == 0, result.stderr
+    (event,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert event["alert_at_s"] == 0.975  # the first window ends at 0.975 s
+    assert event["end_s"] >= event["alert_at_s"]
+
+
+def test_analyze_into_a_closed_pipe_is_quiet(config: Path) -> None:
+    stream = str(require_shared(AUDIO_DEV) / "streams" / "stream_00.flac")
+    command = " ".join([*SAFEGUARD, "analyze", "--config", str(config), "--json", stream])
+    result = subprocess.run(
+        f"{command} | head -c 1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
+        cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 1
+
+
+def test_a_file_source_that_cannot_be_read_fails_check_run_and_listen(
+    config: Path, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    with_source(config, tmp_path / "gone.wav")
+    config.write_text(config.read_text() + f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n")
+    check = run_cli("check", "--config", str(config))
+    assert check.returncode == 1
+    assert "gone.wav: no such file" in check.stderr
+    run = run_cli("run", "--config", str(config), timeout=30)
+    assert run.returncode == 1
+    assert "audio file source failed" in run.stderr
+    listen = run_cli("listen", "--config", str(config), timeout=30)  # no --seconds: ends itself
+    assert listen.returncode == 1
+    assert "gone.wav: no such file" in listen.stderr
+
+
+def test_listen_ends_when_its_file_source_ends(config: Path, tmp_path: Path) -> None:
+    audio, rate = soundfile.read(require_shared(AUDIO_DEV) / GUNSHOT, dtype="float32")
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, audio, rate)
+    with_source(config, clip)
+    result = run_cli("listen", "--config", str(config), "--top", "1", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) >= 2  # windows ending at 0.975 s, 1.225 s, ...

@@ -89,3 +89,21 @@ def test_user_settings_merge_over_builtin_categories() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_errors_are_one_line_with_line_and_column() -> None:
+    message = error_of("mqtt:\n  host: [a,\n")
+    assert "\n" not in message
+    assert "not valid YAML: line 3, column 1: expected the node content" in message
+
+
+def test_a_key_given_twice_is_an_error() -> None:
+    message = error_of("mqtt:\n  host: a\n  port: 1884\n  host: b\n")
+    assert "line 4, column 3: 'host' is given twice (first on line 2)" in message
+
+
+def test_a_config_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not UTF-8 text"):
+        load_config(path)

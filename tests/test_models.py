@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,37 @@ def test_mirror_without_the_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no file with its sha256 in the mirror"):
         fetch(spec, tmp_path / "models", tmp_path)
     assert not list((tmp_path / "models").iterdir())  # no partial file left behind
+
+
+def test_fetched_models_are_readable_by_other_users(tmp_path: Path) -> None:
+    """The daemon's service user reads what `models fetch` wrote as another user."""
+    spec = load_manifest()["yamnet_class_map"]
+    path, _ = fetch(spec, tmp_path, require_shared(SHARED_MODELS))
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_model_folder_and_mirror_problems_are_one_line(tmp_path: Path) -> None:
+    spec = load_manifest()["yamnet_class_map"]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ModelError, match=r"cannot make the model folder .*file"):
+        fetch(spec, a_file, require_shared(SHARED_MODELS))
+    with pytest.raises(ModelError, match=r"the mirror folder .*nowhere does not exist"):
+        fetch(spec, tmp_path / "models", tmp_path / "nowhere")
+
+
+def test_an_unreadable_model_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    spec = load_manifest()["yamnet_class_map"]
+    path, _ = fetch(spec, tmp_path, require_shared(SHARED_MODELS))
+    path.chmod(0o000)
+    # root reads anything: drop the capabilities that let it, as a service user has none
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    code = "from edge.cli import main; raise SystemExit(main())"
+    args = ["models", "verify", "--dir", str(tmp_path)]
+    result = subprocess.run(
+        [*(prefix if os.geteuid() == 0 else []), sys.executable, "-c", code, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"model yamnet_class_map: cannot read {path} (Permission denied)" in result.stderr
+    assert "Traceback" not in result.stderr
