@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,65 @@ def snr_range(text: str) -> tuple[float, float]:
     if low > high:
         raise argparse.ArgumentTypeError(f"{text!r}: LOW is above HIGH")
     return low, high
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = _number(text, float)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1 (both excluded)")
+    return value
+
+
+def share(text: str) -> float:
+    """A number from 0 up to, not including, 1."""
+    value = _number(text, float)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 0 and below 1")
+    return value
+
+
+def positive(text: str) -> float:
+    """A number above 0."""
+    value = _number(text, float)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return value
+
+
+def _number(text: str, kind: type[float] | type[int]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+class OutputError(SafeguardError):
+    """An output file cannot be written where the user asked."""
+
+
+def check_out(path: Path, flag: str = "--out") -> None:
+    """Make the folder of output `path` now, before the slow work, or say why it cannot be."""
+    if path.is_dir():
+        raise OutputError(f"{flag} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else exc.strerror or str(exc)
+        message = f"{flag} {path}: cannot create its folder {path.parent} ({why})"
+        raise OutputError(message) from None
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"{flag} {path}: its folder {path.parent} is not writable")
 
 
 def _check_kind(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -88,7 +148,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     head.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds")
     head.add_argument(
         "--c",
-        type=float,
+        type=positive,
         nargs="+",
         help=f"inverse L2 regularisation strength: audio takes one (default {AUDIO_C}); video "
         "takes candidates, chosen by nested cross-validation (default "
@@ -112,10 +172,10 @@ def _audio_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
             default="yamnet_spectra_in",
             help="the YAMNet the daemon runs (embeddings must come from the same model)",
         ),
-        group.add_argument("--hop", type=float, default=0.25, help="window hop in seconds"),
+        group.add_argument("--hop", type=positive, default=0.25, help="window hop in seconds"),
         group.add_argument(
             "--target-fp",
-            type=float,
+            type=share,
             default=0.005,
             help="fraction of negative clips the chosen threshold may flag (cross-validated)",
         ),
@@ -174,6 +234,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
     from edge.heads import save_head
 
     c = args.c[0] if args.c else AUDIO_C
+    check_out(args.out)
     examples = th.find_examples(args.data)
     examples = [e for e in _limit(list(examples), args.limit) if isinstance(e, th.Example)]
     if not any(e.category == args.category for e in examples):

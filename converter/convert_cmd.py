@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from converter import repdata
+from converter.cli import check_out, fraction, positive, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,19 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--out", type=Path, required=True, help="the .tflite to write")
     cmd.add_argument(
         "--holdout",
-        type=float,
+        type=fraction,
         default=0.3,
         help="fraction of files per category kept out of calibration for parity",
     )
     cmd.add_argument(
         "--min-per-class",
-        type=int,
+        type=positive_int,
         default=2,
         help="held-out files each labelled category needs at least",
     )
     cmd.add_argument("--limit", type=int, default=0, help="use at most N files per category")
-    cmd.add_argument("--per-clip", type=int, default=2, help="inputs taken from each file")
-    cmd.add_argument("--fps", type=float, default=8.0, help="video frames sampled per second")
+    cmd.add_argument("--per-clip", type=positive_int, default=2, help="inputs taken from each file")
+    cmd.add_argument("--fps", type=positive, default=8.0, help="video frames sampled per second")
     cmd.add_argument("--rgb", action="store_true", help="video models that take RGB, not BGR")
     cmd.add_argument("--positive", help="the category an output scores (for ROC AUC)")
     cmd.add_argument("--positive-index", type=int, default=0, help="the output it scores")
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     convert.quiet_tensorflow()
     if args.out.suffix != ".tflite":
         raise repdata.DataError(f"--out {args.out}: expected a .tflite path")
+    check_out(args.out)
     clips = _limit(repdata.find_clips(args.rep_data), args.limit)
     rep_clips, held_clips = repdata.split(clips, args.holdout, args.min_per_class)
     model = modelio.load(args.model)
@@ -94,8 +96,13 @@ def run(args: argparse.Namespace) -> int:
         raise modelio.ModelLoadError(
             f"{args.model}: the model does not take the data's inputs {list(shape)} ({exc})"
         ) from None
+    outputs = float_out.shape[1]
+    if not 0 <= args.positive_index < outputs:
+        raise repdata.DataError(
+            f"--positive-index {args.positive_index}: the model has {outputs} output(s), "
+            f"0 to {outputs - 1}"
+        )
     converted = convert.convert(model, rep)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(converted.tflite)
     result = parity.report(
         args.model,

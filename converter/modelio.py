@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,40 @@ def _unknown_class(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _first_line(why: object) -> str:
+    text = str(why).strip()
+    return text.splitlines()[0][:200] if text else type(why).__name__
+
+
+def _not_a_model(path: Path, why: object) -> ModelLoadError:
+    kind = "Keras (.keras)" if path.suffix.lower() == ".keras" else "Keras HDF5 (.h5)"
+    return ModelLoadError(f"{path}: not a valid {kind} model file ({_first_line(why)})")
+
+
+def _check_signature(path: Path) -> None:
+    """A ModelLoadError unless `path` is readable and a zip (.keras) or HDF5 (.h5) file."""
+    import h5py
+
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if path.suffix.lower() == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise _not_a_model(path, "not a zip archive")
+    elif not h5py.is_hdf5(str(path)):
+        raise _not_a_model(path, "no HDF5 signature")
+
+
 def _keras_load(path: Path) -> Any:
+    _check_signature(path)
     import keras
 
     try:
         return keras.models.load_model(path, compile=False)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:  # a damaged or foreign file
+        raise _not_a_model(path, exc) from None
     except (TypeError, ValueError) as exc:
         unknown = _unknown_class(str(exc))
         if unknown:
@@ -88,8 +118,11 @@ def _keras_load(path: Path) -> Any:
         first = exc
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        raw = handle.attrs.get("model_config")
+    try:
+        with h5py.File(path, "r") as handle:
+            raw = handle.attrs.get("model_config")
+    except OSError as exc:
+        raise _not_a_model(path, exc) from None
     if raw is None:
         raise ModelLoadError(f"{path}: a weights-only .h5 (no model_config); save the whole model")
     config = legacy_config(json.loads(raw if isinstance(raw, str) else raw.decode()))
@@ -136,7 +169,10 @@ def _saved_model(path: Path) -> FloatModel:
 
     if not (path / "saved_model.pb").is_file():
         raise ModelLoadError(f"{path}: a folder without saved_model.pb")
-    loaded = tf.saved_model.load(str(path))
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - TF raises OSError, DecodeError, OpError, ...
+        raise ModelLoadError(f"{path}: not a valid SavedModel ({_first_line(exc)})") from None
     serve = loaded.signatures.get("serving_default")
     if serve is None:
         raise ModelLoadError(f"{path}: no serving_default signature")

@@ -62,8 +62,11 @@ def find_clips(folder: Path) -> list[Clip]:
         raise DataError(f"{folder}: not a readable folder")
     labels = folder / "labels.csv"
     if labels.is_file():
-        with labels.open(newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("file")]
+        try:
+            with labels.open(newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if r.get("file")]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{labels}: cannot read it as a CSV file ({exc})") from None
         clips = [Clip(folder / r["file"], (r.get("category") or "").strip()) for r in rows]
         missing = [c.path for c in clips if not c.path.is_file()]
         if missing:
@@ -176,16 +179,28 @@ def split(
     for category, members in sorted(by_category.items()):
         n_held = round(len(members) * holdout)
         if category and (n_held < min_per_class or len(members) - n_held < 1):
-            raise DataError(
-                f"too few examples of class {category!r}: {len(members)} files, need at least "
-                f"{min_per_class} held out plus one representative (--holdout {holdout})"
-            )
+            raise DataError(_too_few(category, len(members), n_held, holdout, min_per_class))
         order = rng.permutation(len(members))
         held += [members[i] for i in order[:n_held]]
         rep += [members[i] for i in order[n_held:]]
     if not rep or not held:
-        raise DataError(f"{len(clips)} files cannot give both a representative and a held-out set")
+        raise DataError(
+            f"{len(clips)} files cannot give both a representative and a held-out set with "
+            f"--holdout {holdout}: add files, or change --holdout"
+        )
     return rep, held
+
+
+def _too_few(category: str, files: int, held: int, holdout: float, need: int) -> str:
+    """What is wrong with one category's split, and what to change."""
+    said = (
+        f"too few examples of class {category!r}: {files} files, --holdout {holdout} holds "
+        f"out {held}; need at least {need} held out (--min-per-class) plus one representative"
+    )
+    if files < need + 1:
+        return f"{said}: add {need + 1 - files} or more files of {category!r}"
+    low, high = need / files, (files - 1) / files
+    return f"{said}: use --holdout from {low:.3g} to {high:.3g}, or add files of {category!r}"
 
 
 def batches(inputs: F32) -> Iterator[list[F32]]:

@@ -20,6 +20,7 @@ import csv
 import logging
 import math
 import re
+import shlex
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,12 @@ def _from_csv(path: Path) -> list[Example]:
         clip = path.parent / row["file"]
         group = row.get("group") or recording_group(row["file"])
         out.append(Example(clip, row["category"], f"{Path(row['file']).parent}/{group}"))
+    missing = [e.path for e in out if not e.path.is_file()]
+    if missing:
+        raise TrainError(
+            f"{path} names {len(missing)} clip(s) that are missing or not files, "
+            f"the first {missing[0]}"
+        )
     return out
 
 
@@ -170,14 +177,31 @@ def mix(signal: F32, noise: F32, snr_db: float, rng: np.random.Generator) -> F32
     return out
 
 
+def model_file(name: str, model_dir: Path) -> Path:
+    """The verified file of the manifest's model `name` in `model_dir`; a ModelError saying
+    which file is missing where, and how to get it, otherwise."""
+    from edge.errors import ModelError
+    from edge.models import load_manifest, verify
+
+    spec = load_manifest()[name]
+    if not (model_dir / spec.file).is_file():
+        fetch = f"safeguard models fetch --dir {shlex.quote(str(model_dir))}"
+        raise ModelError(
+            f"model {name} is missing: no {spec.file} in {model_dir}; get the models with "
+            f"`{fetch}` (or point --models at the folder that has them)"
+        )
+    return verify(spec, model_dir)
+
+
 def _load_model(model_dir: Path, variant: str) -> Any:
     from edge.yamnet import Yamnet, labels_from_class_map, labels_from_model
 
     if variant == "yamnet":
-        path = model_dir / "yamnet.tflite"
+        path = model_file("yamnet", model_dir)
         return Yamnet(path, "yamnet", labels_from_model(path))
-    labels = labels_from_class_map(model_dir / "yamnet_class_map.csv")
-    return Yamnet(model_dir / "yamnet_spectra_in.tflite", "yamnet_spectra_in", labels)
+    labels = labels_from_class_map(model_file("yamnet_class_map", model_dir))
+    path = model_file("yamnet_spectra_in", model_dir)
+    return Yamnet(path, "yamnet_spectra_in", labels)
 
 
 def clip_windows(model: Any, audio: F32, hop_s: float, source: int = -1) -> ClipWindows:

@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from converter.train_head import TrainError, read_labels
+from converter.cli import check_out, positive, positive_int, share
+from converter.train_head import TrainError, model_file, read_labels
 from edge import flow, video
 from edge.camera import file_frames
-from edge.models import load_manifest, verify
 from edge.video import EMBEDDING, Backbone, VideoHead, WindowFeatures, save_video_head
 
 log = logging.getLogger(__name__)
@@ -219,17 +219,17 @@ def metrics(scores: F32, y: npt.NDArray[np.int_], max_fp: float) -> dict[str, fl
 def add_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
     """The options only the video head takes (`safeguard-convert train-head --kind video`)."""
     return [
-        group.add_argument("--fps", type=float, default=8.0,
+        group.add_argument("--fps", type=positive, default=8.0,
                            help="analysis rate (as the daemon's)"),
-        group.add_argument("--width", type=int, default=320,
+        group.add_argument("--width", type=positive_int, default=320,
                            help="ring frame width (as the daemon's)"),
-        group.add_argument("--window", type=int, default=16,
+        group.add_argument("--window", type=positive_int, default=16,
                            help="analysed frames per feature window"),
-        group.add_argument("--stride", type=int, default=2,
+        group.add_argument("--stride", type=positive_int, default=2,
                            help="backbone on every n-th analysed frame"),
-        group.add_argument("--flow-weight", type=float, nargs="+", default=list(FLOW_WEIGHTS),
+        group.add_argument("--flow-weight", type=positive, nargs="+", default=list(FLOW_WEIGHTS),
                            help="weights of the flow features against the embeddings"),
-        group.add_argument("--max-fp", type=float, default=0.10,
+        group.add_argument("--max-fp", type=share, default=0.10,
                            help="negative clips allowed to flag"),
         group.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                            help="add left-right mirrored copies of the training clips (training "
@@ -255,11 +255,12 @@ def _check_clips(clips: list[Clip], folds: int, grid: list[tuple[float, float]])
 def run(args: argparse.Namespace, command: str) -> int:
     """`safeguard-convert train-head --kind video`: cross-validate, then (with `--out`) fit and
     write the head, `command` in its metadata."""
+    if args.out is not None:
+        check_out(args.out)
     clips = load_clips(args.data)
     grid = list(itertools.product(args.c or C_GRID, args.flow_weight))
     _check_clips(clips, args.folds, grid)
-    spec = load_manifest()["mobilenet_v1_embedding"]
-    backbone = Backbone(verify(spec, args.models))
+    backbone = Backbone(model_file("mobilenet_v1_embedding", args.models))
     sampling = Sampling(args.fps, args.width, args.window, args.stride)
     feats = [clip_features(backbone, cl.path, sampling) for cl in clips]
     train_feats = feats

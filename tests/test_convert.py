@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from converter.cli import main
 from converter.modelio import legacy_config
+from converter.repdata import Clip, DataError, find_clips, split
 from tests.helpers import AUDIO_DEV, ROOT, SHARED_MODELS, VIDEO_DEV, require_shared
 
 CLI = Path(sys.executable).with_name("safeguard-convert")
@@ -54,7 +58,12 @@ def _tflite_python() -> Path:
 
 
 def _convert(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    command = [str(CLI), "convert", *map(str, args), "--tflite-python", str(_tflite_python())]
+    return _cli(*args, "--tflite-python", _tflite_python())
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`safeguard-convert convert ARGS`, as the user runs it."""
+    command = [str(CLI), "convert", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
 
 
@@ -179,7 +188,94 @@ def test_clear_errors(tmp_path: Path) -> None:
     _fails(
         _convert(custom, "--rep-data", audio, "--out", out, *half), "unsupported layer 'Mystery'"
     )
+    logmel = tmp_path / "logmel.keras"
+    subprocess.run(
+        [sys.executable, "-c", BUILD_LOGMEL_MODEL, str(logmel)],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    _fails(
+        _convert(logmel, "--rep-data", audio, "--out", out, *half, "--positive-index", "4"),
+        "--positive-index 4: the model has 4 output(s), 0 to 3",
+    )
     assert not out.exists()
+
+
+def test_a_file_that_is_not_a_model_is_a_one_line_error(tmp_path: Path) -> None:
+    audio = _slice(AUDIO_DEV, tmp_path / "audio", per_category=4)
+    wav = next(AUDIO_DEV.glob("clips/*.*"))
+    fake_h5, fake_keras = tmp_path / "fake.h5", tmp_path / "fake.keras"
+    shutil.copy(wav, fake_h5)
+    shutil.copy(wav, fake_keras)
+    no_config = tmp_path / "no_config.keras"
+    with zipfile.ZipFile(no_config, "w") as archive:
+        archive.writestr("hello.txt", "not a model")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"not a protocol buffer")
+    cases = [
+        (fake_h5, f"{fake_h5}: not a valid Keras HDF5 (.h5) model file (no HDF5 signature)"),
+        (fake_keras, f"{fake_keras}: not a valid Keras (.keras) model file (not a zip archive)"),
+        (no_config, f"{no_config}: not a valid Keras (.keras) model file"),
+        (saved, f"{saved}: not a valid SavedModel"),
+    ]
+    out = tmp_path / "o.tflite"
+    for model, expected in cases:
+        _fails(_cli(model, "--rep-data", audio, "--out", out, "--holdout", "0.5"), expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--holdout", "1.5"), ("--holdout", "-0.2"), ("--holdout", "0"), ("--per-clip", "0"),
+     ("--fps", "0"), ("--min-per-class", "0")],
+)  # fmt: skip
+def test_out_of_range_options_are_usage_errors(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", "m.h5", "--rep-data", "data", "--out", "o.tflite", option, value])
+    assert exit_.value.code == 2
+    assert f"error: argument {option}: '{value}' is not" in capsys.readouterr().err
+
+
+def test_too_few_files_says_what_to_change() -> None:
+    clips = [Clip(Path(f"{i}.wav"), "scream") for i in range(4)]
+    with pytest.raises(DataError, match=r"--holdout 0.1 holds out 0; need at least 2 held") as e:
+        split(clips, 0.1, 2)
+    assert str(e.value).endswith("use --holdout from 0.5 to 0.75, or add files of 'scream'")
+    with pytest.raises(DataError, match=r"2 files, .*: add 1 or more files of 'scream'$"):
+        split(clips[:2], 0.5, 2)
+    with pytest.raises(DataError, match=r"add files, or change --holdout$"):
+        split([Clip(Path("a.wav"), "")], 0.5, 2)
+
+
+def test_an_output_that_cannot_be_written_fails_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    folder = tmp_path / "folder.tflite"
+    folder.mkdir()
+    cases = [
+        (in_the_way / "sub" / "o.tflite", f"({in_the_way} is a file, not a folder)"),
+        (folder, f"--out {folder}: is a folder; give a file name"),
+    ]
+    for out, expected in cases:
+        # the model and data are never looked at: the output is checked first
+        args = ["convert", str(tmp_path / "m.h5"), "--rep-data", str(tmp_path), "--out", str(out)]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("safeguard-convert: --out "), err
+        assert expected in err, err
+        assert err.count("\n") == 1, err
+
+
+def test_an_unreadable_labels_csv_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_bytes(b"file,category\n\xff\xfe\x00binary")
+    with pytest.raises(DataError, match=r"labels.csv: cannot read it as a CSV file"):
+        find_clips(tmp_path)
 
 
 def test_legacy_keras2_config_is_rewritten() -> None:

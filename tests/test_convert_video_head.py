@@ -123,7 +123,12 @@ def test_missing_labels_clips_or_models_are_one_line_errors(
     cases = [
         (["--data", str(tmp_path / "empty")], "cannot read"),
         (["--data", str(absent)], "names 1 missing clip(s), the first "),
-        (["--data", str(data), "--models", str(tmp_path)], "mobilenet_v1_embedding is missing"),
+        (
+            ["--data", str(data), "--models", str(tmp_path)],
+            "model mobilenet_v1_embedding is missing: no "
+            f"mobilenet_v1_1.0_224_quant_embedding_extractor.tflite in {tmp_path}; get the models "
+            f"with `safeguard models fetch --dir {tmp_path}`",
+        ),
     ]
     (tmp_path / "empty").mkdir()
     for args, message in cases:
@@ -132,3 +137,30 @@ def test_missing_labels_clips_or_models_are_one_line_errors(
         assert err.startswith("safeguard-convert: ")
         assert message in err
         assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--fps", "0"), ("--width", "0"), ("--window", "-2"), ("--stride", "1.5"),
+     ("--flow-weight", "0"), ("--max-fp", "1")],
+)  # fmt: skip
+def test_out_of_range_video_options_are_usage_errors(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train-head", "--kind", "video", "--data", "x", option, value])
+    assert exit_.value.code == 2
+    assert f"error: argument {option}: '{value}' is not" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_fails_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    out = in_the_way / "violence.npz"
+    args = ["--data", str(tmp_path / "nothing"), "--out", str(out)]
+    assert main(["train-head", "--kind", "video", *args]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out}: cannot create its folder {in_the_way} ({in_the_way} is a file" in err
+    assert err.count("\n") == 1, err

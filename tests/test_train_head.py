@@ -79,6 +79,58 @@ def test_clear_errors_for_empty_folders_and_too_few_examples(
     assert "no clip of category 'scream'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("variant", "file"),
+    [("yamnet_spectra_in", "yamnet_class_map.csv"), ("yamnet", "yamnet.tflite")],
+)
+def test_missing_models_say_which_file_is_missing_where_and_how_to_fetch_it(
+    variant: str, file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _slice(tmp_path, 3)
+    empty = tmp_path / "no models"
+    empty.mkdir()
+    args = ["train-head", "--data", str(data), "--category", "gunshot", "--variant", variant]
+    assert main([*args, "--out", str(tmp_path / "h.npz"), "--models", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("safeguard-convert: "), err
+    assert f"no {file} in {empty}; get the models with " in err
+    assert f"`safeguard models fetch --dir '{empty}'`" in err
+    assert err.count("\n") == 1, err
+
+
+def test_an_output_folder_that_cannot_be_made_fails_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    out = in_the_way / "heads" / "h.npz"
+    args = ["train-head", "--data", str(tmp_path / "nothing"), "--category", "gunshot"]
+    assert main([*args, "--out", str(out), "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out}: cannot create its folder" in err
+    assert f"({in_the_way} is a file, not a folder)" in err
+
+
+def test_labels_naming_missing_clips_fail_before_any_work(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"file,category\n{tmp_path}/gone.wav,gunshot\n{tmp_path},none\n")
+    with pytest.raises(TrainError, match=r"names 2 clip\(s\) that are missing or not files"):
+        find_examples(labels)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--hop", "0"), ("--c", "-1"), ("--target-fp", "1.5"), ("--target-fp", "-0.1")],
+)
+def test_out_of_range_options_are_usage_errors(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train-head", "--data", "x", "--category", "c", "--out", "h.npz", option, value])
+    assert exit_.value.code == 2
+    assert f"error: argument {option}: '{value}' is not" in capsys.readouterr().err
+
+
 def test_recording_groups_keep_chunks_of_one_recording_together() -> None:
     assert recording_group("clips/esc50_subset__audio__2-103426-A-3.flac") == "esc50:103426"
     assert recording_group("clips/esc50_subset__audio__2-103426-B-3.flac") == "esc50:103426"
