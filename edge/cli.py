@@ -252,7 +252,11 @@ def _parser() -> argparse.ArgumentParser:
         help="config file (default: /etc/safeguard/"
         "config.yaml if present, else the embedded defaults)",
     )
-    common.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    # --debug before or after the command (SUPPRESS: the command's default does not undo it)
+    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="debug logs and tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the daemon").set_defaults(func=cmd_run)
     sub.add_parser(

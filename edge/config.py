@@ -248,7 +248,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         _lines(node, (), lines)
     _merge_categories(raw)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -262,6 +262,29 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             where = f" (line {line})" if line else ""
             problems.append(f"{_path_text(loc)}: {message}{where}")
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+    if taken := _bools_taken_as_numbers(raw, config):  # pydantic reads `port: true` as 1
+        where = f" (line {lines[taken[0]]})" if taken[0] in lines else ""
+        raise ConfigError(
+            f"{source}: {_path_text(taken[0])}: expected a number, not true/false{where}"
+        )
+    return config
+
+
+def _bools_taken_as_numbers(
+    raw: Any, value: Any, loc: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """Where a YAML true/false became a number in the validated config."""
+    if isinstance(raw, bool):
+        return [] if value is None or isinstance(value, bool) else [loc]
+    found = []
+    if isinstance(raw, dict):
+        for key, item in raw.items():
+            child = value.get(key) if isinstance(value, dict) else getattr(value, str(key), None)
+            found += _bools_taken_as_numbers(item, child, (*loc, key))
+    elif isinstance(raw, list) and isinstance(value, (list, tuple)):
+        for index, (item, child) in enumerate(zip(raw, value, strict=False)):
+            found += _bools_taken_as_numbers(item, child, (*loc, index))
+    return found
 
 
 def _model_at(loc: tuple[Any, ...]) -> list[str]:

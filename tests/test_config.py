@@ -107,3 +107,22 @@ def test_a_config_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match=r"c\.yaml: not UTF-8 text"):
         load_config(path)
+
+
+def test_true_or_false_is_not_taken_for_a_number() -> None:
+    assert error_of("mqtt:\n  port: true\n").endswith(
+        "mqtt.port: expected a number, not true/false (line 2)"
+    )
+    assert "expected a number" in error_of(
+        "detection:\n  categories:\n    scream:\n      smoothing: {refractory_s: true}\n"
+    )
+    assert parse_config("alerts:\n  sms: {enabled: false}\n")  # a real boolean stays fine
+
+
+def test_debug_goes_before_or_after_the_command() -> None:
+    from edge.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["--debug", "check"]).debug
+    assert parser.parse_args(["check", "--debug"]).debug
+    assert not parser.parse_args(["check"]).debug
