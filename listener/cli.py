@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +15,33 @@ from listener.config import ConfigError, load, read_secret
 from listener.store import StoreError
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """The HTTP address cannot be bound (in use, not an address of this host, ...)."""
+
+
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address of `host` on `port`, as asyncio's create_server binds.
+
+    Bound before anything else starts, so that a port in use is said at once, in one line.
+    """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ListenError(f"cannot listen on {where}: {exc}") from exc
+    return sockets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    sockets: list[socket.socket] = []
     try:
         cfg = load(args.config)
         token = read_secret("SAFEGUARD_API_TOKEN", "api_token")
@@ -34,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 "no API token: set SAFEGUARD_API_TOKEN or provide the systemd credential api_token"
             )
+        if not args.check:  # --check may run beside the running service
+            sockets = listen_sockets(cfg.http.host, cfg.http.port)
         state = build_state(cfg, token)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, ListenError, StoreError) as exc:
+        for sock in sockets:
+            sock.close()
         if args.debug:
             raise
         print(f"safeguard-listener: {exc}", file=sys.stderr)
@@ -54,8 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             access_log=args.debug,
         )
     )
-    server.run()
+    for sock in sockets:
+        log.info("serving on http://%s", _address(sock))
+    server.run(sockets=sockets)
     return 0
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":

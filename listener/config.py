@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 
 class ConfigError(Exception):
@@ -28,7 +28,7 @@ class MqttConfig(_Section):
     host: str = Field(
         default="127.0.0.1", min_length=1, max_length=253, description="Broker host name"
     )
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS)")
+    port: StrictInt = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS)")
     prefix: str = Field(
         default="safeguard",
         pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
@@ -52,14 +52,14 @@ class MqttConfig(_Section):
     ca_file: str = Field(
         default="", max_length=4096, description="CA bundle for TLS (empty: system CAs)"
     )
-    keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
-    max_message_bytes: int = Field(
+    keepalive: StrictInt = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    max_message_bytes: StrictInt = Field(
         default=65536,
         ge=1024,
         le=16_777_216,
         description="Larger alert/health messages are rejected",
     )
-    receive_maximum: int = Field(
+    receive_maximum: StrictInt = Field(
         default=1000,
         ge=1,
         le=65535,
@@ -74,10 +74,10 @@ class DatabaseConfig(_Section):
         max_length=4096,
         description="sqlite:///path.db or postgresql://user@host/db",
     )
-    batch_size: int = Field(
+    batch_size: StrictInt = Field(
         default=500, ge=1, le=10_000, description="Alerts stored per transaction"
     )
-    batch_wait_ms: int = Field(
+    batch_wait_ms: StrictInt = Field(
         default=20, ge=0, le=5000, description="How long a batch waits to fill before it is stored"
     )
 
@@ -91,7 +91,7 @@ class DatabaseConfig(_Section):
 
 class HttpConfig(_Section):
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253, description="Bind address")
-    port: int = Field(
+    port: StrictInt = Field(
         default=8080, ge=1, le=65535, description="HTTP port of the API and dashboard"
     )
     tile_url: str = Field(
@@ -102,7 +102,7 @@ class HttpConfig(_Section):
     tile_attribution: str = Field(
         default="", max_length=512, description="Attribution shown on the map"
     )
-    max_clip_bytes: int = Field(
+    max_clip_bytes: StrictInt = Field(
         default=50_000_000, ge=1024, le=1_000_000_000, description="Largest clip upload accepted"
     )
 
@@ -131,16 +131,66 @@ def parse(data: Any, source: str = "config") -> ListenerConfig:
         raise ConfigError(f"{source}: {_key_path(first['loc'])}: {first['msg']}") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may bring in keys that this mapping overrides
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first.get(key)
+            except TypeError:
+                continue  # an unhashable key: PyYAML's own error follows
+            if line is not None:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"{key!r} is given twice (first on line {line + 1})",
+                    problem_mark=key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _where(text: str, index: int) -> str:
+    """`line L, column C` (1-based) of a character index into `text`."""
+    line = text.count("\n", 0, index) + 1
+    column = index - text.rfind("\n", 0, index)  # rfind: -1 on the first line
+    return f"line {line}, column {column}"
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line for a YAML error: `line L, column C: PROBLEM (CONTEXT at line L, column C)`."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"{_where(text, exc.position)}: unacceptable character #x{char:04x}: {exc.reason}"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).splitlines()[0]
+    mark = exc.problem_mark or exc.context_mark
+    out = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    out += exc.problem or exc.context or "unknown problem"
+    if exc.problem and exc.context:
+        cmark = exc.context_mark
+        at = f" at line {cmark.line + 1}, column {cmark.column + 1}" if cmark else ""
+        out += f" ({exc.context}{at})"
+    return out
+
+
 def load(path: Path | None) -> ListenerConfig:
     """The config in `path` (defaults when None)."""
     if path is None:
         return parse({})
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc, text)}") from None
     return parse(data, str(path))
 
 

@@ -15,7 +15,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from listener.models import alerts, clips, devices
 
@@ -79,11 +79,33 @@ def engine_url(url: str) -> str:
     return url
 
 
+def public_url(url: str) -> str:
+    """A config URL as messages may show it: without a password (in the URL or its query)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not parsable: keep only the scheme and what follows any '@'
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+    shown = parsed._replace(password=None).difference_update_query(["password"])
+    return shown.render_as_string(hide_password=False)
+
+
+def _db_error(url: str, doing: str, exc: Exception) -> StoreError:
+    """One line: the URL without its password and the first line of the driver's message."""
+    reason = getattr(exc, "orig", None) or exc  # a DBAPIError wraps the driver's exception
+    lines = str(reason).strip().splitlines() or [type(reason).__name__]
+    return StoreError(f"database.url {public_url(url)}: {doing}{lines[0]}")
+
+
 class Store:
     """All database access of the listener. Thread-safe (one engine, pooled connections)."""
 
     def __init__(self, url: str) -> None:
-        sa_url = make_url(engine_url(url))
+        self.url = url
+        try:
+            sa_url = make_url(engine_url(url))
+        except ArgumentError as exc:
+            raise _db_error(url, "", exc) from exc
         if sa_url.get_backend_name() == "sqlite" and sa_url.database not in (None, "", ":memory:"):
             folder = Path(str(sa_url.database)).parent
             try:
@@ -93,7 +115,10 @@ class Store:
                     f"database.url {url}: cannot create {folder}: {exc.strerror}; "
                     "choose a writable path (sqlite:////abs/path.db or sqlite:///rel/path.db)"
                 ) from None
-        self.engine: Engine = create_engine(sa_url, pool_pre_ping=True)
+        try:
+            self.engine: Engine = create_engine(sa_url, pool_pre_ping=True)
+        except (SQLAlchemyError, ImportError) as exc:  # e.g. an unknown or missing driver
+            raise _db_error(url, "", exc) from exc
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -107,7 +132,7 @@ class Store:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot migrate the database: {exc}") from None
+            raise _db_error(self.url, "cannot migrate the database: ", exc) from exc
 
     def close(self) -> None:
         self.engine.dispose()
