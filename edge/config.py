@@ -224,15 +224,23 @@ def _merge_categories(raw: dict[str, Any]) -> None:
     detection["categories"] = merged
 
 
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line for a YAML error: where (1-based line and column) and what."""
+def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line for a YAML error: `line L, column C: PROBLEM (CONTEXT at line L, column C)`."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        where = f"line {before.count(chr(10)) + 1}, column {len(before.rsplit(chr(10), 1)[-1]) + 1}"
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"{where}: character #x{char:04x} is not allowed in YAML"
     if not isinstance(exc, yaml.MarkedYAMLError):
         return " ".join(str(exc).split())
     mark = exc.problem_mark or exc.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    what = exc.problem or exc.context or "syntax error"
-    context = f" ({exc.context})" if exc.context and exc.problem else ""
-    return f"{where}{what}{context}"
+    out = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    out += exc.problem or exc.context or "syntax error"
+    if exc.problem and exc.context:
+        cmark = exc.context_mark
+        at = f" at line {cmark.line + 1}, column {cmark.column + 1}" if cmark else ""
+        out += f" ({exc.context}{at})"
+    return out
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -240,7 +248,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raw = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 (a SafeLoader subclass)
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
+        raise ConfigError(f"{source}: not valid YAML: {yaml_problem(exc, text)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     lines: dict[tuple[Any, ...], int] = {}

@@ -126,3 +126,9 @@ def test_debug_goes_before_or_after_the_command() -> None:
     assert parser.parse_args(["--debug", "check"]).debug
     assert parser.parse_args(["check", "--debug"]).debug
     assert not parser.parse_args(["check"]).debug
+
+
+def test_a_control_character_is_named_with_its_line_and_column() -> None:
+    assert error_of("mqtt:\n  host: b\x01\n").endswith(
+        "not valid YAML: line 2, column 10: character #x0001 is not allowed in YAML"
+    )
