@@ -209,6 +209,7 @@ class DeliveryService:
             self.outbox.changed.wait(0.5)
             self.outbox.changed.clear()
             try:
+                self.outbox.store_unstored()
                 self.link.maintain()
                 if not self.link.connected:
                     continue
@@ -233,7 +234,7 @@ class DeliveryService:
     def _publish_due(self) -> None:
         a = self.alerts
         now = time.time()
-        due = self.outbox.due(now - a.resend_after, limit=200)
+        due = self.outbox.due(now, a.resend_after, a.resend_max, limit=200)
         for alert_id, payload in due:
             if self.link.publish(f"{self.base}/alert", payload, qos=1) is None:
                 return

@@ -8,6 +8,10 @@ first); then unacknowledged rows in this order: `update` messages, `end` message
 messages of non-critical severity, each oldest first. A `start` of a critical alert is
 never dropped (the table then grows past the bound, with a warning). Every drop is
 logged and counted in `stats()["dropped"]`, which survives restarts.
+
+An alert that cannot be stored (a full or failing disk) is kept in memory, published like
+the others and stored as soon as the outbox can be written again; it is logged and counted
+(`stats()["unstored"]`, `["store_failures"]`), and one still held at exit is logged by id.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ _DROP_ORDER = (
 )
 
 
+def _wait(publications: int, first: float, longest: float) -> float:
+    """Seconds between publications of an unacked alert: `first`, doubling, up to `longest`."""
+    return min(first * 2 ** min(max(publications - 1, 0), 30), longest)
+
+
 class Outbox:
     """An `EventSink` that turns events into alerts and stores them durably."""
 
@@ -86,6 +95,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._event_ids: dict[str, str] = {}
         self._ended_ids: dict[str, str] = {}  # recently ended events (their late clip update)
+        # alerts that could not be stored: id -> (alert, event key, publications, last sent)
+        self._unstored: dict[str, tuple[dict[str, Any], str, int, float | None]] = {}
+        self._store_failures = 0
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -133,7 +145,8 @@ class Outbox:
     def submit(self, event: Event, extra: dict[str, Any] | None = None) -> None:
         """Store the alert for `event`; committed (fsync) before this returns."""
         alert = self.alert_for(event, extra)
-        self.submit_alert(alert, event.key)
+        if not self.submit_alert(alert, event.key):
+            return
         log.info(
             "alert %s stored: %s %s score=%.2f",
             alert["id"],
@@ -142,12 +155,33 @@ class Outbox:
             event.score,
         )
 
-    def submit_alert(self, alert: dict[str, Any], event_key: str | None = None) -> None:
-        """Store a ready alert (validated here); DeliveryError if it cannot be stored."""
+    def submit_alert(self, alert: dict[str, Any], event_key: str | None = None) -> bool:
+        """Store a ready alert (validated here); when it cannot be stored, keep it in memory
+        (published all the same, stored by `store_unstored` once the disk allows); whether it
+        was stored now."""
         schema.validate(alert)
+        key = event_key or alert.get("event_id") or alert["id"]
+        try:
+            self._insert(alert, key)
+        except sqlite3.Error as exc:
+            with self._lock:
+                self._unstored[alert["id"]] = (alert, key, 0, None)
+                self._store_failures += 1
+            log.error(
+                "cannot store alert %s (%s): kept in memory and sent; stored once the outbox"
+                " can be written again",
+                alert["id"],
+                exc,
+            )
+            self.changed.set()
+            return False
+        self.changed.set()
+        return True
+
+    def _insert(self, alert: dict[str, Any], key: str) -> None:
         row = (
             alert["id"],
-            event_key or alert.get("event_id") or alert["id"],
+            key,
             alert["event"],
             alert["category"],
             alert["severity"],
@@ -165,10 +199,23 @@ class Outbox:
                 )
                 self._enforce_bound()
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sqlite3.Error:
                 self._rollback()
-                raise DeliveryError(f"cannot store alert {alert['id']}: {exc}") from None
-        self.changed.set()
+                raise
+
+    def store_unstored(self) -> int:
+        """Store the alerts held in memory where the disk now allows; how many are left."""
+        with self._lock:
+            held = list(self._unstored.items())
+        for alert_id, (alert, key, _, _) in held:
+            try:
+                self._insert(alert, key)
+            except sqlite3.Error:
+                return len(held)
+            with self._lock:
+                self._unstored.pop(alert_id, None)
+            log.info("alert %s, held in memory, is now stored", alert_id)
+        return 0
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -243,16 +290,32 @@ class Outbox:
         )
         return [json.loads(r[0]) for r in rows]
 
-    def due(self, resend_before: float, limit: int = 100) -> list[tuple[str, str]]:
-        """(id, payload) of unacked alerts never sent, or last sent before `resend_before`."""
+    def due(
+        self, now: float, resend_after: float, resend_max: float, limit: int = 100
+    ) -> list[tuple[str, str]]:
+        """(id, payload) of unacked alerts never published, or whose wait since their last
+        publication is over: `resend_after`, doubling with each publication up to
+        `resend_max`. Alerts held in memory come first."""
+        with self._lock:
+            held = [
+                (alert_id, json.dumps(alert, separators=(",", ":")))
+                for alert_id, (alert, _, sent, last) in self._unstored.items()
+                if last is None or last <= now - _wait(sent, resend_after, resend_max)
+            ]
         rows = self._read(
-            "SELECT id, payload FROM outbox WHERE acked IS NULL"
-            " AND (last_sent IS NULL OR last_sent < ?) ORDER BY id LIMIT ?",
-            (resend_before, limit),
+            "SELECT id, payload FROM outbox WHERE acked IS NULL AND (last_sent IS NULL"
+            " OR last_sent <= ? - min(? * (1 << min(max(attempts - 1, 0), 30)), ?))"
+            " ORDER BY id LIMIT ?",
+            (now, resend_after, resend_max, limit),
         )
-        return [(str(r[0]), str(r[1])) for r in rows]
+        return held + [(str(r[0]), str(r[1])) for r in rows]
 
     def mark_sent(self, alert_id: str, at: float) -> None:
+        with self._lock:
+            if alert_id in self._unstored:
+                alert, key, sent, _ = self._unstored[alert_id]
+                self._unstored[alert_id] = (alert, key, sent + 1, at)
+                return
         self._write(
             "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE id = ?",
             (at, alert_id),
@@ -261,10 +324,16 @@ class Outbox:
 
     def forget_sent(self) -> None:
         """Make every unacked alert due again (after a reconnect)."""
+        with self._lock:
+            for alert_id, (alert, key, sent, _) in self._unstored.items():
+                self._unstored[alert_id] = (alert, key, sent, None)
         self._write("UPDATE outbox SET last_sent = NULL WHERE acked IS NULL", (), fsync=False)
 
     def ack(self, alert_id: str, at: float | None = None) -> bool:
         """Mark `alert_id` acknowledged; False if unknown or already acknowledged."""
+        with self._lock:
+            if self._unstored.pop(alert_id, None) is not None:
+                return True  # delivered: nothing left to store
         return (
             self._write(
                 "UPDATE outbox SET acked = ? WHERE id = ? AND acked IS NULL",
@@ -351,8 +420,10 @@ class Outbox:
         return len(ids)
 
     def depth(self) -> int:
-        """Unacknowledged alerts."""
-        return int(self._read("SELECT count(*) FROM outbox WHERE acked IS NULL")[0][0])
+        """Unacknowledged alerts (those held in memory too)."""
+        rows = self._read("SELECT count(*) FROM outbox WHERE acked IS NULL")
+        with self._lock:
+            return int(rows[0][0]) + len(self._unstored)
 
     def stats(self) -> dict[str, int]:
         rows = self._read(
@@ -361,8 +432,23 @@ class Outbox:
             " (SELECT coalesce(max(value), 0) FROM counters WHERE name = 'dropped')"
         )
         depth, total, dropped = rows[0]
-        return {"outbox_depth": int(depth), "outbox_rows": int(total), "dropped": int(dropped)}
+        with self._lock:
+            unstored, failures = len(self._unstored), self._store_failures
+        return {
+            "outbox_depth": int(depth) + unstored,
+            "outbox_rows": int(total),
+            "dropped": int(dropped),
+            "unstored": unstored,
+            "store_failures": failures,
+        }
 
     def close(self) -> None:
+        self.store_unstored()
         with self._lock:
+            if self._unstored:
+                log.error(
+                    "%d alerts could neither be stored nor acknowledged and are lost at exit: %s",
+                    len(self._unstored),
+                    " ".join(self._unstored),
+                )
             self._db.close()

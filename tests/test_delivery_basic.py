@@ -231,3 +231,25 @@ def test_a_second_client_with_the_same_id_is_named_not_logged_every_second(
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "disconnected" in r.msg]
     assert len(warned) <= 2 * 2, [r.getMessage() for r in warned]  # before each link's ERROR
     assert debug, "later takeovers are logged at DEBUG"
+
+
+def test_an_alert_the_disk_cannot_hold_is_still_delivered(
+    mosquitto: Mosquitto, service: DeliveryService
+) -> None:
+    """A full disk: the alert is published from memory, acked, and counted in health."""
+    acker = Acker(mosquitto.port)
+    service.start()
+    db = service.outbox._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    for n in range(40):
+        service.outbox.submit(make_event(n, severity="critical"))
+    assert service.stats()["store_failures"] > 0
+    deadline = time.monotonic() + 15
+    while len(acker.stored) < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(acker.stored) == 40
+    while service.outbox.depth() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.outbox.depth() == 0
+    assert service.stats()["unstored"] == 0
+    acker.close()

@@ -7,6 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from edge import schema
 from edge.outbox import Outbox
 from tests.delivery_helpers import make_event
@@ -38,17 +40,17 @@ def test_ack_due_and_resend(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", "d")
     box.submit(make_event(1))
     box.submit(make_event(2))
-    (id1, payload), (id2, _) = box.due(time.time())
+    (id1, payload), (id2, _) = box.due(time.time(), 10, 300)
     assert json.loads(payload)["id"] == id1
     box.mark_sent(id1, time.time())
-    assert [i for i, _ in box.due(time.time() - 60)] == [id2]
+    assert [i for i, _ in box.due(time.time() - 60, 10, 300)] == [id2]
     assert box.ack(id1)
     assert not box.ack(id1)
     assert not box.ack("nope")
     assert box.is_acked(id1)
     assert box.depth() == 1
     box.forget_sent()
-    assert [i for i, _ in box.due(0)] == [id2]
+    assert [i for i, _ in box.due(0, 10, 300)] == [id2]
 
 
 def test_bound_drops_in_stated_order_and_keeps_critical_starts(tmp_path: Path) -> None:
@@ -97,3 +99,64 @@ def test_fallback_records_and_candidates(tmp_path: Path) -> None:
     box.ack(cand["id"])
     assert box.purge_acked(time.time() + 1) == 1
     assert box.fallback_results(cand["id"]) == []
+
+
+def fill_the_disk(box: Outbox) -> None:
+    """SQLite's own page limit: every write that grows the file fails with SQLITE_FULL, as on
+    a full disk."""
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_an_alert_that_cannot_be_stored_is_held_sent_and_stored_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = Outbox(tmp_path / "o.db", "d")
+    fill_the_disk(box)
+    for n in range(40):  # enough rows to need a new page
+        box.submit(make_event(n))
+    stats = box.stats()
+    assert stats["unstored"] > 0
+    assert stats["store_failures"] == stats["unstored"]
+    assert stats["outbox_depth"] == box.depth() == 40  # held alerts count as unacked
+    assert "cannot store alert" in caplog.text
+    held = [i for i, _ in box.due(time.time(), 10, 300)]
+    assert len(held) == 40  # published like the stored ones
+    box.mark_sent(held[0], time.time())
+    assert held[0] not in [i for i, _ in box.due(time.time(), 10, 300)]
+    assert box.ack(held[1])  # delivered while held: nothing left to store for it
+    assert box.store_unstored() > 0  # the disk is still full
+    box._db.execute("PRAGMA max_page_count = 1000000")
+    assert box.store_unstored() == 0
+    assert box.stats()["unstored"] == 0
+    stored = {a["id"] for a in box.pending()}
+    assert stored == set(held) - {held[1]}
+    box.close()
+
+
+def test_a_held_alert_still_held_at_exit_is_logged_by_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = Outbox(tmp_path / "o.db", "d")
+    fill_the_disk(box)
+    for n in range(40):
+        box.submit(make_event(n))
+    unstored = box.stats()["unstored"]
+    box.close()
+    assert f"{unstored} alerts could neither be stored nor acknowledged" in caplog.text
+
+
+def test_resends_back_off_up_to_resend_max(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", "d")
+    box.submit(make_event(1))
+    t = 1000.0
+    waits = []
+    for _ in range(7):
+        ((alert_id, _),) = box.due(t, 10, 60)
+        box.mark_sent(alert_id, t)
+        wait = 0.5
+        while box.due(t + wait, 10, 60) == []:
+            wait += 0.5
+        waits.append(wait)
+        t += wait
+    assert waits == [10, 20, 40, 60, 60, 60, 60]
