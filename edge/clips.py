@@ -311,7 +311,13 @@ class ClipWriter:
 
     # --- the writer thread -----------------------------------------------------------------
     def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Start the writer; a clip folder it cannot make is logged, and each clip then fails
+        and is counted: detection and alerts go on without evidence."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot make the clip folder %s (%s): events will have no clips", self.folder,
+                      exc.strerror)  # fmt: skip
         self._thread.start()
 
     def stop(self, timeout: float) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge import homeassistant, schema
 from edge.errors import SafeguardError
@@ -81,6 +81,15 @@ class AlertsConfig(BaseModel):
     outbox: OutboxConfig = Field(
         default_factory=lambda: OutboxConfig.model_validate({}), description="Outbox bounds."
     )
+
+    @model_validator(mode="after")
+    def _resend_bounds(self) -> AlertsConfig:
+        if self.resend_max < self.resend_after:
+            raise ValueError(
+                f"resend_max ({self.resend_max:g}) must not be below resend_after "
+                f"({self.resend_after:g})"
+            )
+        return self
 
 
 class DeliveryService:

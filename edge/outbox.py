@@ -73,7 +73,7 @@ _DROP_ORDER = (
 
 def _wait(publications: int, first: float, longest: float) -> float:
     """Seconds between publications of an unacked alert: `first`, doubling, up to `longest`."""
-    return min(first * 2 ** min(max(publications - 1, 0), 30), longest)
+    return min(first * 2.0 ** min(max(publications - 1, 0), 30), longest)
 
 
 class Outbox:

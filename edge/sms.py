@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.secrets import read_secret, require_secret
 
@@ -45,6 +45,16 @@ class TwilioConfig(BaseModel):
     backoff: float = Field(1.0, ge=0.01, le=60, description="First retry delay, seconds.")
 
 
+def _missing(config: BaseModel, fields: tuple[str, ...]) -> None:
+    """An enabled channel without what it needs to send is a config error, not a failure at
+    the first alert."""
+    if getattr(config, "enabled", False):
+        empty = [name.rstrip("_") for name in fields if not getattr(config, name)]
+        if empty:
+            names = ", ".join(empty[:-1]) + (" and " if len(empty) > 1 else "") + empty[-1]
+            raise ValueError(f"enabled, but {names} not set: it could never send")
+
+
 class SmsConfig(TwilioConfig):
     enabled: bool = Field(False, description="Send SMS when an alert is not acknowledged in time.")
     to: list[Phone] = Field(
@@ -62,6 +72,11 @@ class SmsConfig(TwilioConfig):
         description="Map link template with {lat} and {lon}.",
     )
 
+    @model_validator(mode="after")
+    def _complete(self) -> SmsConfig:
+        _missing(self, ("to", "account_sid", "from_"))
+        return self
+
 
 class VoiceConfig(TwilioConfig):
     enabled: bool = Field(False, description="Call trusted contacts for critical alerts.")
@@ -70,6 +85,11 @@ class VoiceConfig(TwilioConfig):
         "", alias="from", pattern=r"^$|" + E164, description="Twilio caller number (E.164)."
     )
     rate_per_hour: int = Field(6, ge=1, le=100, description="At most this many calls per hour.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> VoiceConfig:
+        _missing(self, ("to", "account_sid", "from_"))
+        return self
 
 
 class EmailConfig(BaseModel):
@@ -83,6 +103,11 @@ class EmailConfig(BaseModel):
     to: list[str] = Field(default_factory=list, max_length=20, description="Recipients.")
     timeout: float = Field(15.0, gt=0, le=120, description="SMTP timeout, seconds.")
     rate_per_hour: int = Field(60, ge=1, le=1000, description="At most this many per hour.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> EmailConfig:
+        _missing(self, ("to", "from_"))
+        return self
 
 
 @dataclass(frozen=True)

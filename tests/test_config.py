@@ -132,3 +132,18 @@ def test_a_control_character_is_named_with_its_line_and_column() -> None:
     assert error_of("mqtt:\n  host: b\x01\n").endswith(
         "not valid YAML: line 2, column 10: character #x0001 is not allowed in YAML"
     )
+
+
+def test_an_enabled_channel_that_could_never_send_is_a_config_error() -> None:
+    assert error_of("alerts:\n  sms: {enabled: true, to: ['+14155550101']}\n").endswith(
+        "alerts.sms: enabled, but account_sid and from not set: it could never send (line 2)"
+    )
+    assert "alerts.voice: enabled, but to, account_sid and from not set" in error_of(
+        "alerts:\n  voice: {enabled: true}\n"
+    )
+    assert "alerts.email: enabled, but to not set" in error_of(
+        "alerts:\n  email: {enabled: true, from: a@example.org}\n"
+    )
+    assert "resend_max (5) must not be below resend_after (10)" in error_of(
+        "alerts: {resend_max: 5}\n"
+    )

@@ -237,3 +237,14 @@ def test_daemon_without_audio_stops_when_its_file_camera_ends(tmp_path: Path) ->
         mp4 = Path(clip["video"]["path"])
         decodes(mp4)
         assert int(ffprobe(mp4, "stream=nb_read_frames")) == round(clip["video"]["duration_s"] * 15)
+
+
+def test_a_clip_folder_that_cannot_be_made_costs_the_clips_not_the_alerts(
+    tmp_path: Path,
+) -> None:
+    wav = scene(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "clips").write_text("a file where the clip folder goes")
+    alerts = run_daemon(state, f"file:{wav}", "none")
+    assert [a["event"] for a in alerts] == ["start", "end"]  # the gunshot, without a clip
