@@ -292,6 +292,7 @@ class Daemon:
                 break
         if self.uploads is not None:
             self.uploads.stop(timeout=2.0)  # what is pending stays queued for the next start
+        self.delivery.publish_health(self.health())  # retained: says capture stopped
         self.delivery.stop(timeout=1.0)
         self.outbox.close()
         log.info("stopped in %.2f s", time.monotonic() - began)

@@ -151,6 +151,8 @@ class DeliveryService:
     def stop(self, timeout: float) -> None:
         """Stop the threads and publish `stopped`; returns within about `timeout` s."""
         deadline = time.monotonic() + timeout
+        if self.link.connected:
+            self._flush_retained()  # the last health and states, before `stopped`
         self._stop.set()
         self.outbox.changed.set()
         for thread in self._threads:

@@ -26,9 +26,10 @@ class HomeAssistantConfig(BaseModel):
         description="Home Assistant's discovery prefix; its birth topic is <prefix>/status.",
     )
     categories: list[str] = Field(
-        default_factory=lambda: ["scream", "gunshot", "glass_break", "fight"],
+        default_factory=list,
         max_length=64,
-        description="Categories announced as binary sensors; others are added when first seen.",
+        description="Categories announced as binary sensors beside the device's own (every "
+        "category it detects is announced at start, others when first seen).",
     )
 
 

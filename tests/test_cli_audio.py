@@ -25,6 +25,7 @@ from tests.helpers import (
     free_port,
     require_models,
     require_shared,
+    retained,
 )
 
 SAFEGUARD = [sys.executable, "-m", "edge.cli"]
@@ -266,6 +267,16 @@ def sigterm_when(config: Path, line_has: str, after_s: float = 0.0) -> str:
 def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
     with_source(config, require_shared(AUDIO_DEV / "streams" / "stream_00.flac"))
     sigterm_when(config, "safeguard running", after_s=2.0)
+
+
+def test_the_retained_health_says_the_daemon_stopped(config: Path, mosquitto: Mosquitto) -> None:
+    with_source(config, require_shared(AUDIO_DEV / "streams" / "stream_00.flac"))
+    config.write_text(config.read_text() + f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n")
+    sigterm_when(config, "safeguard running", after_s=2.0)
+    assert retained(mosquitto.port, "safeguard/test-pi/status") == "stopped"
+    health = json.loads(retained(mosquitto.port, "safeguard/test-pi/health"))
+    assert health["capture"] == "stopped"
+    assert health["samples"] > 0
 
 
 def test_sigterm_cuts_short_the_wait_for_acks_after_a_file_source_ends(

@@ -114,6 +114,9 @@ def test_health_state_and_discovery(mosquitto: Mosquitto, service: DeliveryServi
     service.publish_state("drone", True)  # a new category gets announced too
     watcher.wait("safeguard/dev-1/state/scream", "OFF")
     watcher.wait("homeassistant/binary_sensor/dev_1/drone/config")
+    # only what the device uses: no sensor that would never get a state
+    announced = {t.split("/")[3] for t in watcher.last if t.startswith("homeassistant/")}
+    assert announced == {"scream", "drone"}
     before = watcher.count[topic]
     watcher.client.publish("homeassistant/status", "online", qos=1)  # HA restarted
     with watcher.cond:
