@@ -33,15 +33,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile
 
-from edge.camera import U8, FrameRing
 from edge.events import Event, EventSink
 from edge.ring import AudioRing, Overrun
 from edge.videoconfig import ClipsConfig
+
+if TYPE_CHECKING:  # OpenCV is loaded only where there is a camera (about 30 MB of RSS)
+    from edge.camera import U8, FrameRing
 
 log = logging.getLogger(__name__)
 RATE = 16000

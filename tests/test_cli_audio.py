@@ -79,6 +79,20 @@ def test_analyze_json_contract(config: Path) -> None:
     assert "gunshot" in {e["category"] for e in lines}
 
 
+def test_the_daemon_without_a_camera_does_not_load_opencv(config: Path) -> None:
+    """OpenCV costs an audio-only daemon about 30 MB of RSS (its library, its own OpenBLAS)."""
+    code = (
+        "import sys; from edge.config import load_config; from edge.daemon import Daemon; "
+        f"Daemon(load_config(__import__('pathlib').Path({str(config)!r}))).outbox.close(); "
+        "sys.exit(1 if 'cv2' in sys.modules else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_analyze_of_audio_loads_no_video_or_delivery_libraries(config: Path) -> None:
     """Start-up counts in `analyze` (bench.speed): audio files need neither OpenCV nor the
     delivery path's twilio and reference JSON Schema validator."""
