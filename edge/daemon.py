@@ -23,7 +23,7 @@ from edge.clips import Clip, ClipSink, ClipWriter
 from edge.config import Config
 from edge.delivery import DeliveryService
 from edge.detector import RATE, Detector
-from edge.errors import DeliveryError
+from edge.errors import DeliveryError, SafeguardError
 from edge.events import Event, EventSink, deliver
 from edge.frontend import PATCH_SAMPLES
 from edge.health import DeviceHealth
@@ -290,9 +290,12 @@ class Daemon:
             if self.stop_event.wait(0.05):  # SIGTERM or SIGINT cuts the wait short
                 log.info("stopping with %d alerts not acked yet", self.outbox.depth())
                 break
+        try:
+            self.delivery.publish_health(self.health())  # retained: says capture stopped
+        except SafeguardError as exc:
+            log.warning("no last health message: %s", exc)
         if self.uploads is not None:
             self.uploads.stop(timeout=2.0)  # what is pending stays queued for the next start
-        self.delivery.publish_health(self.health())  # retained: says capture stopped
         self.delivery.stop(timeout=1.0)
         self.outbox.close()
         log.info("stopped in %.2f s", time.monotonic() - began)
