@@ -366,7 +366,7 @@ def test_analyze_into_a_closed_pipe_is_quiet(config: Path) -> None:
     stream = str(require_shared(AUDIO_DEV) / "streams" / "stream_00.flac")
     command = " ".join([*SAFEGUARD, "analyze", "--config", str(config), "--json", stream])
     result = subprocess.run(
-        f"{command} | head -c 1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+        f"{command} | true; exit ${{PIPESTATUS[0]}}",  # the reader is gone before a line
         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
         cwd=ROOT, check=False,
     )  # fmt: skip
