@@ -79,6 +79,14 @@ def test_analyze_json_contract(config: Path) -> None:
     assert "gunshot" in {e["category"] for e in lines}
 
 
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE` in the project folder: what a fresh process loads."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        check=False,
+    )  # fmt: skip
+
+
 def test_the_daemon_without_a_camera_does_not_load_opencv(config: Path) -> None:
     """OpenCV costs an audio-only daemon about 30 MB of RSS (its library, its own OpenBLAS)."""
     code = (
@@ -86,10 +94,7 @@ def test_the_daemon_without_a_camera_does_not_load_opencv(config: Path) -> None:
         f"Daemon(load_config(__import__('pathlib').Path({str(config)!r}))).outbox.close(); "
         "sys.exit(1 if 'cv2' in sys.modules else 0)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-        check=False,
-    )  # fmt: skip
+    result = python(code)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -103,10 +108,7 @@ def test_analyze_of_audio_loads_no_video_or_delivery_libraries(config: Path) -> 
         "heavy = sorted(m for m in ('cv2', 'twilio', 'jsonschema') if m in sys.modules); "
         "print('loaded:', heavy, file=sys.stderr); sys.exit(code or (1 if heavy else 0))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-        check=False,
-    )  # fmt: skip
+    result = python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loaded: []" in result.stderr
     assert '"category": "gunshot"' in result.stdout

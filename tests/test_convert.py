@@ -126,12 +126,7 @@ def test_third_party_h5_converts_to_int8_with_parity_report(tmp_path: Path) -> N
 
 def test_small_keras_model_converts(tmp_path: Path) -> None:
     model = tmp_path / "logmel.keras"
-    subprocess.run(
-        [sys.executable, "-c", BUILD_LOGMEL_MODEL, str(model)],
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
+    _build(BUILD_LOGMEL_MODEL, model)
     data = _slice(AUDIO_DEV, tmp_path / "data", per_category=5)
     out = tmp_path / "logmel.tflite"
     done = _convert(
@@ -159,6 +154,13 @@ def test_small_keras_model_converts(tmp_path: Path) -> None:
     _check_runtimes(report)
 
 
+def _build(script: str, out: Path) -> None:
+    """A small Keras model saved to `out` by `script`, in its own process (TensorFlow)."""
+    subprocess.run(
+        [sys.executable, "-c", script, str(out)], check=True, capture_output=True, timeout=TIMEOUT_S
+    )
+
+
 def _fails(done: subprocess.CompletedProcess[str], expected: str) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
@@ -179,22 +181,12 @@ def test_clear_errors(tmp_path: Path) -> None:
     half = ("--holdout", "0.5")
     _fails(_convert(h5, "--rep-data", audio, "--out", out, *half), "the model takes video")
     custom = tmp_path / "custom.keras"
-    subprocess.run(
-        [sys.executable, "-c", BUILD_CUSTOM_LAYER_MODEL, str(custom)],
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
+    _build(BUILD_CUSTOM_LAYER_MODEL, custom)
     _fails(
         _convert(custom, "--rep-data", audio, "--out", out, *half), "unsupported layer 'Mystery'"
     )
     logmel = tmp_path / "logmel.keras"
-    subprocess.run(
-        [sys.executable, "-c", BUILD_LOGMEL_MODEL, str(logmel)],
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
+    _build(BUILD_LOGMEL_MODEL, logmel)
     _fails(
         _convert(logmel, "--rep-data", audio, "--out", out, *half, "--positive-index", "4"),
         "--positive-index 4: the model has 4 output(s), 0 to 3",
