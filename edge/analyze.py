@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from edge import decode
 from edge.detector import RATE, Detector
-from edge.frontend import HOP, PATCH_FRAMES, PATCH_SAMPLES
+from edge.frontend import HOP, PATCH_FRAMES, PATCH_SAMPLES, covered_length
 from edge.yamnet import silent_window
 
 F32 = npt.NDArray[np.float32]
@@ -42,11 +42,7 @@ class EventRecord:
 
 def window_ends(length: int, hop: int) -> list[int]:
     """Absolute end indices of the windows over `length` samples (at least one window)."""
-    last = max(length, PATCH_SAMPLES)
-    ends = list(range(PATCH_SAMPLES, last + 1, hop))
-    if ends[-1] < last:  # cover the tail too
-        ends.append(ends[-1] + hop)
-    return ends
+    return list(range(PATCH_SAMPLES, covered_length(length, hop) + 1, hop))
 
 
 def analyze_audio(

@@ -137,7 +137,7 @@ class Daemon:
 
                 self.preview = PreviewServer(config.video.preview, self.video.ring)
         audio = config.audio
-        self.source: AudioSource | None = open_source(audio, self.ring)
+        self.source: AudioSource | None = open_source(audio, self.ring, hop_samples(config))
         if self.clips is not None:
             self.clips.audio = self.ring if self.source is not None else None
             if self.video is not None:

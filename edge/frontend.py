@@ -116,3 +116,10 @@ class PatchStream:
         self._audio[:] = audio
         self._start, self._frames = start, frames
         return frames
+
+
+def covered_length(length: int, hop: int) -> int:
+    """Where the last window ends when windows every `hop` samples, the first ending at one
+    patch, cover `length` samples: the audio is padded with silence up to there."""
+    over = max(length, PATCH_SAMPLES) - PATCH_SAMPLES
+    return PATCH_SAMPLES + -(-over // hop) * hop

@@ -364,6 +364,20 @@ def test_a_file_shorter_than_a_window_ends_no_earlier_than_its_alert(
     assert event["end_s"] >= event["alert_at_s"]
 
 
+def test_the_daemon_analyses_a_file_source_to_its_last_sample(config: Path, tmp_path: Path) -> None:
+    """A 0.7 s gunshot is shorter than one window: `run` pads its end with silence as
+    `analyze` does, so the daemon alerts at the same stream time."""
+    audio, rate = soundfile.read(require_shared(AUDIO_DEV) / GUNSHOT, dtype="float32")
+    short = tmp_path / "short.wav"
+    soundfile.write(short, audio[: int(rate * 0.7)], rate)
+    result = run_cli("run", "--config", str(with_source(config, short)), timeout=60)
+    assert result.returncode == 0, result.stderr
+    db = sqlite3.connect(tmp_path / "state" / "outbox.db")
+    rows = [json.loads(r[0]) for r in db.execute("SELECT payload FROM outbox ORDER BY id")]
+    starts = [r for r in rows if r["category"] == "gunshot" and r["event"] == "start"]
+    assert [r["stream_at_s"] for r in starts] == [0.975]
+
+
 def test_analyze_into_a_closed_pipe_is_quiet(config: Path) -> None:
     stream = str(require_shared(AUDIO_DEV) / "streams" / "stream_00.flac")
     command = " ".join([*SAFEGUARD, "analyze", "--config", str(config), "--json", stream])
