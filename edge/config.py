@@ -104,6 +104,17 @@ class DetectionConfig(BaseModel):
         description="Threat categories; entries here are merged over the built-in ones.",
     )
 
+    @field_validator("categories")
+    @classmethod
+    def _names(cls, value: dict[str, CategoryConfig]) -> dict[str, CategoryConfig]:
+        for name in value:  # a name is an MQTT topic level and a Home Assistant id
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+                raise ValueError(
+                    f"category name {name!r}: use 1-40 letters, digits, '_' or '-' (it is "
+                    "part of MQTT topics)"
+                )
+        return value
+
 
 class StorageConfig(BaseModel):
     model_config = _FORBID

@@ -241,6 +241,9 @@ class DeliveryService:
             except SafeguardError as exc:
                 log.error("delivery: %s", exc)
                 self._stop.wait(1.0)
+            except Exception:  # the sender must outlive any bug: alerts wait on it
+                log.exception("delivery: unexpected error; retrying")
+                self._stop.wait(1.0)
 
     def _publish_due(self) -> None:
         a = self.alerts
@@ -260,7 +263,12 @@ class DeliveryService:
             dirty = [(t, *self._retained[t]) for t in self._dirty]
             self._dirty.clear()
         for topic, payload, qos in dirty:
-            if self.link.publish(topic, payload, qos=qos, retain=True) is None:
+            try:
+                sent = self.link.publish(topic, payload, qos=qos, retain=True)
+            except ValueError as exc:  # a topic the client refuses: never publishable
+                log.error("cannot publish on %r: %s", topic, exc)
+                continue
+            if sent is None:
                 with self._lock:
                     self._dirty.add(topic)
 
@@ -290,6 +298,9 @@ class DeliveryService:
                     self._fallback.handle(alert)
             except SafeguardError as exc:
                 log.error("fallback: %s", exc)
+                self._stop.wait(1.0)
+            except Exception:  # as the sender: never let the thread die
+                log.exception("fallback: unexpected error; retrying")
                 self._stop.wait(1.0)
 
 

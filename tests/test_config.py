@@ -147,3 +147,12 @@ def test_an_enabled_channel_that_could_never_send_is_a_config_error() -> None:
     assert "resend_max (5) must not be below resend_after (10)" in error_of(
         "alerts: {resend_max: 5}\n"
     )
+
+
+@pytest.mark.parametrize("name", ["siren+", "glass#", "a/b", "with space", "x" * 41])
+def test_a_category_name_must_be_a_plain_topic_level(name: str) -> None:
+    """`+`, `#` and `/` in a category name made its MQTT state topic unpublishable, which killed
+    the delivery thread at start."""
+    message = error_of(f"detection:\n  categories:\n    {name!r}:\n      classes: [Siren]\n")
+    assert "detection.categories" in message
+    assert "use 1-40 letters, digits" in message

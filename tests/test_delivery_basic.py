@@ -99,6 +99,25 @@ def test_alert_acked_end_to_end(mosquitto: Mosquitto, service: DeliveryService) 
     watcher.close()
 
 
+def test_a_topic_the_client_refuses_does_not_stop_delivery(
+    mosquitto: Mosquitto, service: DeliveryService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state topic with a wildcard (a category named `siren+`) made paho raise in the sender
+    thread, which died: no alert was ever published again."""
+    service.publish_state("siren+", True)
+    service.publish_state("scream", True)
+    acker = Acker(mosquitto.port)
+    watcher = Watcher(mosquitto.port, "safeguard/dev-1/#")
+    service.start()
+    service.outbox.submit(make_event(1, severity="critical"))
+    [alert_id] = [a["id"] for a in service.outbox.pending()]
+    assert acker.wait_for({alert_id}, 10) == set()
+    watcher.wait("safeguard/dev-1/state/scream", "ON")
+    assert "cannot publish on 'safeguard/dev-1/state/siren+'" in caplog.text
+    acker.close()
+    watcher.close()
+
+
 def test_health_state_and_discovery(mosquitto: Mosquitto, service: DeliveryService) -> None:
     service.publish_health({"latency_ms": 12})  # before connecting: kept and sent later
     service.publish_state("scream", True)
