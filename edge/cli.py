@@ -31,11 +31,14 @@ log = logging.getLogger("safeguard")
 DEFAULT_CONFIG = Path("/etc/safeguard/config.yaml")
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """`--config`, else /etc/safeguard/config.yaml if present, else None (embedded defaults)."""
     path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    config = load_config(path)
+    return DEFAULT_CONFIG if path is None and DEFAULT_CONFIG.is_file() else path
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(_config_path(args))
     logging.getLogger().setLevel("DEBUG" if args.debug else config.logging.level)
     return config
 
@@ -65,17 +68,39 @@ def _reach_broker(config: Config, timeout: float = 10.0) -> str:
     link.start()
     try:
         if not link.wait_connected(timeout):
+            if link.refused_connect:
+                who = f"user {side.username!r}" if side.username else "no user name"
+                secret = ", password from the secret mqtt_password" if side.username else ""
+                raise SafeguardError(
+                    f"the MQTT broker at {where} refused the connection: "
+                    f"{link.refused_connect} ({who}{secret})"
+                )
             raise SafeguardError(f"cannot reach the MQTT broker at {where} within {timeout:.0f} s")
     finally:
         link.stop(2.0)
     return where
 
 
+def _fallback_channels(config: Config) -> list[str]:
+    """The enabled fallback channels; ConfigError if one of them lacks its secret (the daemon
+    would run without it)."""
+    import threading
+
+    from edge.fallback import make_channels
+
+    a = config.alerts
+    channels = make_channels(
+        sms=a.sms, email=a.email, voice=a.voice, min_severity=a.min_severity,
+        stop=threading.Event(), strict=True,
+    )  # fmt: skip
+    return [channel.name for channel in channels]
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from edge.pipeline import build_detector, load_yamnet
 
     config = _config(args)
-    print(f"config: ok ({args.config or 'embedded defaults'})")
+    print(f"config: ok ({_config_path(args) or 'embedded defaults'})")
     model = load_yamnet(config)
     print(f"model: ok ({config.audio.model}, sha256 verified, {model.runtime})")
     if config.audio.source.startswith("file:"):  # what `run` would replay
@@ -103,6 +128,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             open_capture(config.video.source).release()
             print(f"video source: ok ({config.video.source} opens)")
     print(f"broker: ok ({_reach_broker(config)})")
+    for name in _fallback_channels(config):
+        print(f"{name}: ok (enabled, its secrets are set)")
     if config.listener.enabled:
         from edge.secrets import require_secret
         from edge.upload import check_listener

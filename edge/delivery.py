@@ -122,6 +122,7 @@ class DeliveryService:
             subscriptions=subscriptions,
             environ=environ,
         )
+        self._fallback_off: list[str] = []  # enabled channels that cannot send, and why
         channels = make_channels(
             sms=alerts.sms,
             email=alerts.email,
@@ -129,6 +130,7 @@ class DeliveryService:
             min_severity=alerts.min_severity,
             stop=self._stop,
             environ=environ,
+            unavailable=self._fallback_off,
         )
         self._fallback = Fallback(outbox, channels, self._stop, alerts.fallback_retry_after)
         self._lock = threading.Lock()
@@ -178,6 +180,8 @@ class DeliveryService:
         with self._lock:
             out.update(self._counts)
         out.update(self._fallback.counts)
+        if self._fallback_off:
+            out["fallback_off"] = list(self._fallback_off)
         out["connected"] = self.link.connected
         out["down_for_s"] = round(self.link.down_for(), 1)
         return out
@@ -390,6 +394,7 @@ def run_test_alert(
             min_severity="info",
             stop=stop,
             environ=environ,
+            strict=True,
         )
     except SafeguardError as exc:
         return [*results, ("fallback", False, str(exc))]

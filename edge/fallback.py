@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge.errors import ConfigError
 from edge.outbox import SEVERITY_RANK, Outbox
 from edge.sms import (
     EmailConfig,
@@ -50,47 +51,72 @@ def make_channels(
     min_severity: str,
     stop: threading.Event,
     environ: Mapping[str, str] | None = None,
+    strict: bool = False,
+    unavailable: list[str] | None = None,
 ) -> list[Channel]:
-    """The configured channels (secrets are read here: ConfigError if one is missing)."""
-    channels = []
+    """The configured channels. Secrets are read here: a channel whose secret is missing is
+    left out with an error logged and its reason appended to `unavailable` (the daemon goes on
+    delivering over MQTT and the other channels), or, if `strict`, raises ConfigError."""
+    channels: list[Channel] = []
+
+    def make(name: str, build: Callable[[], Channel]) -> None:
+        try:
+            channels.append(build())
+        except ConfigError as exc:
+            if strict:
+                raise
+            log.error("%s fallback is off: %s", name, exc)
+            if unavailable is not None:
+                unavailable.append(f"{name}: {exc}")
+
     if sms.enabled and sms.to:
-        twilio_sms = TwilioSender(sms, stop, environ)
-        channels.append(
-            Channel(
-                "sms",
-                tuple(sms.to),
-                sms.rate_per_hour,
-                min_severity,
-                lambda to, alert: twilio_sms.sms(to, format_message(alert, sms.map_url)),
-            )
-        )
+        make("sms", lambda: _sms(sms, min_severity, stop, environ))
     if email.enabled and email.to:
-        smtp = SmtpSender(email, environ)
-        channels.append(
-            Channel(
-                "email",
-                tuple(email.to),
-                email.rate_per_hour,
-                min_severity,
-                lambda to, alert: smtp.send(
-                    to,
-                    f"Safeguard {alert['severity']}: {alert['category']} on {alert['device_id']}",
-                    format_message(alert, sms.map_url),
-                ),
-            )
-        )
+        make("email", lambda: _email(email, sms.map_url, min_severity, environ))
     if voice.enabled and voice.to:
-        twilio_voice = TwilioSender(voice, stop, environ)
-        channels.append(
-            Channel(
-                "voice",
-                tuple(voice.to),
-                voice.rate_per_hour,
-                "critical",
-                lambda to, alert: twilio_voice.call(to, format_message(alert, "")),
-            )
-        )
+        make("voice", lambda: _voice(voice, stop, environ))
     return channels
+
+
+def _sms(
+    sms: SmsConfig, min_severity: str, stop: threading.Event, environ: Mapping[str, str] | None
+) -> Channel:
+    twilio = TwilioSender(sms, stop, environ)
+    return Channel(
+        "sms",
+        tuple(sms.to),
+        sms.rate_per_hour,
+        min_severity,
+        lambda to, alert: twilio.sms(to, format_message(alert, sms.map_url)),
+    )
+
+
+def _email(
+    email: EmailConfig, map_url: str, min_severity: str, environ: Mapping[str, str] | None
+) -> Channel:
+    smtp = SmtpSender(email, environ)
+    return Channel(
+        "email",
+        tuple(email.to),
+        email.rate_per_hour,
+        min_severity,
+        lambda to, alert: smtp.send(
+            to,
+            f"Safeguard {alert['severity']}: {alert['category']} on {alert['device_id']}",
+            format_message(alert, map_url),
+        ),
+    )
+
+
+def _voice(voice: VoiceConfig, stop: threading.Event, environ: Mapping[str, str] | None) -> Channel:
+    twilio = TwilioSender(voice, stop, environ)
+    return Channel(
+        "voice",
+        tuple(voice.to),
+        voice.rate_per_hour,
+        "critical",
+        lambda to, alert: twilio.call(to, format_message(alert, "")),
+    )
 
 
 class Fallback:

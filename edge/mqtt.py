@@ -163,6 +163,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._client = self._make_client()
         self.refused: list[tuple[int, str]] = []  # (mid, reason) of publishes the broker refused
+        self.refused_connect = ""  # why the broker refused the last connection, if it did
 
     def _make_client(self) -> paho.Client:
         c = self.config
@@ -271,6 +272,7 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             log.error("MQTT: connection refused: %s", reason)
+            self.refused_connect = str(reason)
             if self.config.protocol == "auto" and self._v5 and _refused_v5(reason):
                 self._fallback_needed = True
             return

@@ -415,3 +415,46 @@ def test_listen_ends_when_its_file_source_ends(config: Path, tmp_path: Path) -> 
     result = run_cli("listen", "--config", str(config), "--top", "1", timeout=30)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) >= 2  # windows ending at 0.975 s, 1.225 s, ...
+
+
+def test_check_names_the_config_it_read_and_a_missing_fallback_secret(
+    config: Path,
+    mosquitto: Mosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --config, check reads /etc/safeguard/config.yaml and must say so (it said
+    "embedded defaults"); an enabled SMS channel without its token fails check, since run would
+    go on without it."""
+    from edge import cli
+
+    config.write_text(
+        config.read_text() + f"mqtt: {{port: {mosquitto.port}}}\n"
+        "alerts:\n  sms: {enabled: true, account_sid: AC0, from: '+15550000000', "
+        "to: ['+15550000001']}\n"
+    )
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", config)
+    monkeypatch.delenv("SAFEGUARD_TWILIO_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert cli.main(["check"]) == 1
+    out, err = capsys.readouterr()
+    assert f"config: ok ({config})" in out
+    assert "broker: ok" in out
+    assert "secret 'twilio_auth_token' is missing" in err
+
+
+def test_check_says_the_broker_refused_the_user(config: Path, tmp_path: Path) -> None:
+    """A broker that refuses the log-in was reported as "cannot reach"."""
+    passwords = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "alice", "s3cret"], check=True)
+    broker = Mosquitto(tmp_path / "broker", extra_config=f"password_file {passwords}\n")
+    broker.workdir.mkdir()
+    broker.start()
+    try:
+        config.write_text(config.read_text() + f"mqtt: {{port: {broker.port}, username: bob}}\n")
+        result = run_cli("check", "--config", str(config))
+    finally:
+        broker.stop()
+    assert result.returncode == 1
+    assert f"the MQTT broker at 127.0.0.1:{broker.port} refused the connection" in result.stderr
+    assert "user 'bob'" in result.stderr

@@ -164,3 +164,27 @@ def test_broker_unreachable_sms_without_waiting(
         assert time.monotonic() - raised < alerts.ack_timeout
     finally:
         svc.stop(5)
+
+
+def test_a_channel_without_its_secret_is_off_and_mqtt_goes_on(
+    mosquitto: Mosquitto, twilio: FakeTwilio, tmp_path: Path
+) -> None:
+    """SMS enabled without the Twilio token used to stop the daemon at start (and under
+    systemd, after five restarts, for good): MQTT alerts were lost with it. Now the channel is
+    off, the log and health say why, and alerts are still published and acked."""
+    acker = Acker(mosquitto.port)
+    outbox = Outbox(tmp_path / "o.db", "dev-1")
+    svc = DeliveryService(
+        MqttConfig(port=mosquitto.port), alerts_config(twilio), outbox, "dev-1", environ={}
+    )
+    svc.start()
+    try:
+        outbox.submit(make_event(1, severity="critical"))
+        [alert_id] = [a["id"] for a in outbox.pending()]
+        assert acker.wait_for({alert_id}, 10) == set()
+        off = svc.stats()["fallback_off"]
+        assert [line.split(":")[0] for line in off] == ["sms", "voice"]
+        assert "SAFEGUARD_TWILIO_AUTH_TOKEN" in off[0]
+    finally:
+        svc.stop(5)
+        acker.close()
