@@ -101,6 +101,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _config(args)
     print(f"config: ok ({_config_path(args) or 'embedded defaults'})")
+    from edge.outbox import check_storage
+
+    check_storage(config.storage.dir)
+    print(f"storage: ok ({config.storage.dir} writable)")
     model = load_yamnet(config)
     print(f"model: ok ({config.audio.model}, sha256 verified, {model.runtime})")
     if config.audio.source.startswith("file:"):  # what `run` would replay

@@ -20,13 +20,14 @@ import contextlib
 import json
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from edge import schema
-from edge.errors import DeliveryError
+from edge.errors import ConfigError, DeliveryError
 from edge.events import Event
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,21 @@ def _wait(publications: int, first: float, longest: float) -> float:
     return min(first * 2.0 ** min(max(publications - 1, 0), 30), longest)
 
 
+def check_storage(folder: Path) -> None:
+    """Make `folder` (storage.dir) if needed and check that files can be written there;
+    ConfigError in one line if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"storage.dir {folder}: cannot write there ({exc.strerror}); under the systemd unit "
+            "only /var/lib/safeguard is writable unless a drop-in adds ReadWritePaths= (see "
+            "docs/device.md)"
+        ) from None
+
+
 class Outbox:
     """An `EventSink` that turns events into alerts and stores them durably."""
 
@@ -86,7 +102,7 @@ class Outbox:
         location: dict[str, Any] | None = None,
         max_rows: int = 10_000,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_storage(path.parent)
         self.path = path
         self.max_rows = max_rows
         self.changed = threading.Event()  # set on every submit: wakes the delivery thread

@@ -458,3 +458,16 @@ def test_check_says_the_broker_refused_the_user(config: Path, tmp_path: Path) ->
     assert result.returncode == 1
     assert f"the MQTT broker at 127.0.0.1:{broker.port} refused the connection" in result.stderr
     assert "user 'bob'" in result.stderr
+
+
+def test_a_storage_dir_that_cannot_be_written_is_one_line(config: Path, tmp_path: Path) -> None:
+    """`run` died with an OSError traceback (and `check` said ok) when storage.dir could not
+    be written, e.g. a folder outside the unit's ReadWritePaths."""
+    (tmp_path / "a-file").write_text("")
+    text = config.read_text().replace(str(tmp_path / "state"), str(tmp_path / "a-file" / "state"))
+    config.write_text(text)
+    for command in ("check", "run"):
+        result = run_cli(command, "--config", str(config))
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"storage.dir {tmp_path / 'a-file' / 'state'}: cannot write there" in result.stderr
