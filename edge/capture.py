@@ -41,6 +41,7 @@ class CaptureStats:
     overflows: int = 0  # times the device reported lost input
     reopens: int = 0
     last_block: float = field(default_factory=time.monotonic)
+    last_attempt: float = field(default_factory=time.monotonic)  # when the last try failed
 
 
 class AudioSource(Protocol):
@@ -191,6 +192,7 @@ class MicSource:
                 attempt += 1
                 wait = backoff(attempt, self._retry_max_s)
                 self.stats.state, self.stats.error = "retrying", str(exc)
+                self.stats.last_attempt = time.monotonic()
                 unavailable.say(self._source, exc, wait)
                 if self._stop.wait(wait):
                     break
@@ -205,6 +207,7 @@ class MicSource:
             while not self._stop.wait(0.5):
                 if not stream.active or time.monotonic() - self.stats.last_block > STALL_S:
                     self.stats.state, self.stats.error = "retrying", "the stream stalled"
+                    self.stats.last_attempt = time.monotonic()
                     log.warning("microphone %s stopped delivering audio; reopening", self._source)
                     self.stats.reopens += 1
                     break

@@ -155,13 +155,21 @@ class Daemon:
         capture = self.source.stats if self.source else None
         samples = capture.samples if capture else -1
         last_block = capture.last_block if capture else 0.0
-        return Progress(samples, last_block, self.worker.last_progress)
+        # retrying a missing or unplugged microphone is not a stall while the retries go on
+        patience = self.config.audio.retry_max_s + self.config.system.stall_s
+        waiting = bool(
+            capture
+            and capture.state == "retrying"
+            and time.monotonic() - capture.last_attempt <= patience
+        )
+        return Progress(samples, last_block, self.worker.last_progress, waiting)
 
     def _status(self) -> str:
         capture = self.source.stats if self.source else None
         stats = self.detector.stats
+        waiting = f" ({capture.error})" if capture and capture.state == "retrying" else ""
         return (
-            f"capture {capture.state if capture else 'none'}, {stats.windows} windows, "
+            f"capture {capture.state if capture else 'none'}{waiting}, {stats.windows} windows, "
             f"{self.worker.events} events, outbox {self.outbox.depth()}"
         )
 

@@ -82,6 +82,7 @@ class Progress:
     samples: int  # capture samples written; -1 when the daemon has no audio source
     last_block: float  # when capture last wrote a block
     last_window: float  # when inference last finished a window
+    waiting: bool = False  # capture is retrying a missing device (and its retries go on)
 
 
 class PipelineWatch:
@@ -116,7 +117,7 @@ class PipelineWatch:
     def stall(self, now: float) -> str:
         """Why the pipeline counts as stalled now, or "" when it makes progress."""
         state = self.progress()
-        if state.samples < 0:
+        if state.samples < 0 or state.waiting:  # a missing microphone is retried in-process
             return ""
         idle_capture = now - state.last_block
         idle_inference = now - state.last_window
@@ -126,12 +127,11 @@ class PipelineWatch:
 
     def tick(self) -> None:
         now = self.clock()
-        if not self.ready:
-            if self.progress().samples != 0:  # models are loaded before the loop starts
-                self.ready = True
-                self._last_status = now
-                self.notifier.send("READY=1", f"STATUS={self.status()}")
-                log.info("ready: models loaded and capture produces samples")
+        if not self.ready:  # models are loaded before the loop starts
+            self.ready = True
+            self._last_status = now
+            self.notifier.send("READY=1", f"STATUS={self.status()}")
+            log.info("ready: models loaded, pipeline running (%s)", self.status())
             return
         reason = self.stall(now)
         if reason and not self.stalled:

@@ -1,6 +1,7 @@
 """sd_notify: the real daemon under a fake `$NOTIFY_SOCKET` (a datagram socket this test binds)
-records from a real PulseAudio server. READY comes once samples flow, WATCHDOG pings while the
-pipeline runs, the pings stop when the audio server hangs (SIGSTOP), and STOPPING on SIGTERM.
+records from a real PulseAudio server. READY comes once the models are loaded, WATCHDOG pings
+while the pipeline runs or capture retries a missing device, the pings stop when the audio
+server hangs (SIGSTOP), and STOPPING on SIGTERM.
 """
 
 from __future__ import annotations
@@ -84,18 +85,23 @@ class _Sent(Notifier):
         return True
 
 
-def test_watch_is_ready_after_samples_and_pings_only_while_progressing() -> None:
+def test_watch_is_ready_at_once_and_pings_only_while_progressing() -> None:
+    """READY comes when the loop starts (models are loaded before it), not when the first
+    samples come: a missing microphone kept the service "activating" until systemd's start
+    timeout killed it, every 3 minutes. While capture retries a missing device, pings go on."""
     now = [100.0]
-    state = [Progress(0, 100.0, 100.0)]
+    state = [Progress(0, 0.0, 0.0, waiting=True)]
     sent = _Sent()
     watch = PipelineWatch(
         sent, lambda: state[0], lambda: "ok", stall_s=5.0, ping_every_s=1.0, clock=lambda: now[0]
     )
     watch.tick()
-    assert sent.sent == []  # no samples yet: not ready
-    state[0] = Progress(1600, 100.1, 100.0)
+    assert sent.sent == ["READY=1", "STATUS=ok"]
+    now[0] += 20.0  # no samples for 20 s, but the microphone is being retried: no stall
     watch.tick()
-    assert sent.sent[0] == "READY=1"
+    assert sent.sent.count("WATCHDOG=1") == 1
+    sent.sent.clear()
+    state[0] = Progress(1600, now[0], now[0])
     for _ in range(4):
         now[0] += 1.0
         state[0] = Progress(state[0].samples + 16000, now[0], now[0])
@@ -132,7 +138,7 @@ def test_daemon_ready_watchdog_stall_and_stopping(tmp_path: Path, pulse: Pulse) 
     config = tmp_path / "config.yaml"
     config.write_text(
         f"""
-audio: {{source: "pulse:virtmic", hop_s: 0.5}}
+audio: {{source: "pulse:virtmic", hop_s: 0.5, retry_max_s: 1}}
 mqtt: {{host: 127.0.0.1, port: {free_port()}}}
 storage: {{dir: {tmp_path / "state"}}}
 models: {{dir: {models}}}
@@ -170,6 +176,9 @@ system: {{stall_s: 2}}
         reason = next(line for line in stalled if line.startswith("STATUS=stalled"))
         capture_idle = float(reason.split("capture idle ")[1].split(" s")[0])
         assert capture_idle >= 2.0, reason  # stall_s is 2 s; the status rounds to 0.1 s
+        # capture reopens the stalled stream (3 s) and counts as waiting for its device while
+        # that goes on, at most retry_max_s + stall_s = 3 s; a hung server stops it for good
+        sink.collect(5.0)
         silent = sink.collect(3.0)
         assert "WATCHDOG=1" not in silent, silent
         pulse.proc.send_signal(signal.SIGCONT)
@@ -187,3 +196,43 @@ system: {{stall_s: 2}}
     assert "pipeline stalled (capture idle" in text, text[-2000:]
     for key in ("cpu_temp_c=", "disk_free_mb=", "capture_rate_hz=", "infer_p95_ms="):
         assert key in text, key
+
+
+def test_a_missing_microphone_is_ready_and_pinged_while_it_is_retried(tmp_path: Path) -> None:
+    """Without its microphone the daemon never sent READY, so systemd killed and restarted it
+    every 3 minutes (camera and outbox with it); it now says why in STATUS and keeps pinging
+    while capture retries the device in-process."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+audio: {{source: "alsa:no-such-microphone", retry_max_s: 1}}
+mqtt: {{host: 127.0.0.1, port: {free_port()}}}
+storage: {{dir: {tmp_path / "state"}}}
+models: {{dir: {require_models()}}}
+system: {{stall_s: 2}}
+"""
+    )
+    sink = NotifySocket(str(tmp_path / "notify.sock"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "600000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sink.wait_for("READY=1", timeout=60)
+        later = sink.collect(6.0)  # past stall_s: still pinged
+        assert later.count("WATCHDOG=1") >= 10, later
+        assert any("capture retrying" in line for line in later if line.startswith("STATUS=")), (
+            later
+        )
+        assert not any(line.startswith("STATUS=stalled") for line in later), later
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        sink.close()
