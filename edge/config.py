@@ -265,6 +265,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
         _lines(node, (), lines)
+    for key in [k for k, v in raw.items() if v is None]:  # a section left with comments only
+        raw[key] = {}
     _merge_categories(raw)
     try:
         config = Config.model_validate(raw)

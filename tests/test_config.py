@@ -156,3 +156,15 @@ def test_a_category_name_must_be_a_plain_topic_level(name: str) -> None:
     message = error_of(f"detection:\n  categories:\n    {name!r}:\n      classes: [Siren]\n")
     assert "detection.categories" in message
     assert "use 1-40 letters, digits" in message
+
+
+def test_the_shipped_config_names_no_device_and_no_place() -> None:
+    """It named every device `kitchen-pi` at "12 Example Road": two devices on one broker took
+    each other's session, and SMS sent responders to the example address."""
+    config = load_config(ROOT / "config.yaml")
+    assert config.device.id == Config().device.id  # the host name
+    assert config.device.location is None
+
+
+def test_a_section_left_with_comments_only_takes_its_defaults() -> None:
+    assert parse_config("device:\n  # id: kitchen-pi\naudio:\n").device == Config().device
