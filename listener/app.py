@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from listener import api
 from listener.config import ListenerConfig
@@ -55,6 +58,54 @@ def build_state(cfg: ListenerConfig, token: str) -> State:
     return State(cfg, store, metrics, hub, ingest, token)
 
 
+def tile_source(template: str) -> str:
+    """The Content-Security-Policy source that lets the map load tiles from `template`."""
+    parts = urlsplit(template)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return ""  # empty or relative: the tiles come from this listener ('self')
+    host = re.sub(r"\{[^}]*\}", "*", parts.netloc.rpartition("@")[2])
+    if re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+(:[0-9]+)?", host):
+        return f"{scheme}://{host}"
+    return f"{scheme}:"  # e.g. a placeholder inside a label: any host of that scheme
+
+
+def security_headers(tile_url: str) -> list[tuple[bytes, bytes]]:
+    """What every response carries: no script but the listener's own, no framing."""
+    images = " ".join(filter(None, ("'self' data: blob:", tile_source(tile_url))))
+    policy = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"img-src {images}; media-src 'self' blob:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return [
+        (b"content-security-policy", policy.encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+
+class SecurityHeaders:
+    """ASGI middleware adding `security_headers` (pure ASGI: the live stream stays a stream)."""
+
+    def __init__(self, app: ASGIApp, tile_url: str) -> None:
+        self.app = app
+        self.headers = security_headers(tile_url)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(state: State, *, start_ingest: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -82,4 +133,5 @@ def create_app(state: State, *, start_ingest: bool = True) -> FastAPI:
     app.include_router(api.public)
     app.include_router(api.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")
+    app.add_middleware(SecurityHeaders, tile_url=state.cfg.http.tile_url)
     return app

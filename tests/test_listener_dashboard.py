@@ -261,3 +261,55 @@ def test_clip_plays_and_resolve_updates_the_api(
     assert other["listener"]["status"] == "new"
     assert errors == []
     device.close()
+
+
+def test_alert_text_is_text_and_the_page_runs_only_its_own_scripts(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto
+) -> None:
+    """An alert's fields are shown as text (the map tooltip too), and the page's
+    Content-Security-Policy lets Leaflet work while refusing scripts the page did not serve."""
+    device = DeviceClient(mosquitto.port)
+    html = '<img src=x onerror="window.__xss=(window.__xss||0)+1">'
+    evil = make_alert("porch-pi", category=html, location={"lat": 10.0, "lon": 10.0})
+    device.publish_alert(evil)
+    device.wait_acks(1)
+
+    with urllib.request.urlopen(listener + "/", timeout=5) as response:
+        policy = response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+    assert "script-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "img-src 'self' data: blob: http://127.0.0.1:" in policy  # the configured tiles
+
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text))
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    row = f'li[data-id="{evil["id"]}"]'
+    page.wait_for_selector(row, timeout=5_000)
+    assert page.inner_text(f"{row} .category") == html
+    marker = page.locator(".leaflet-interactive")
+    assert marker.count() == 1
+    marker.hover(force=True)
+    tooltip = page.wait_for_selector(".leaflet-tooltip", timeout=5_000)
+    assert tooltip is not None
+    assert tooltip.inner_text() == f"{html} (critical) on porch-pi"
+    assert page.locator(".leaflet-tooltip img").count() == 0
+    # an inline script is refused by the policy (what an injection elsewhere would need)
+    page.evaluate(
+        "() => { const s = document.createElement('script');"
+        " s.textContent = 'window.__xss = 99'; document.body.append(s); }"
+    )
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.__xss") is None
+    assert dialogs == []
+    assert errors == []
+    refused = [m for m in console if "Content Security Policy" in m]
+    assert len(refused) == 1, refused  # only our probe
+    assert "inline script" in refused[0], refused
+    device.close()

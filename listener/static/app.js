@@ -71,7 +71,7 @@ function placeMarker(alert) {
     marker = L.circleMarker([h.lat, h.lon], { radius: 8 }).addTo(state.map);
     state.markers.set(alert.id, marker);
   }
-  marker.bindTooltip(label);
+  marker.bindTooltip(text("span", label));  // an element: Leaflet would parse a string as HTML
   marker.setStyle({ color: h.status === "new" ? "#c62828" : "#607d8b" });
 }
 
