@@ -285,7 +285,7 @@ class Store:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # WAL + NORMAL: a commit is not on disk yet
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 

@@ -183,3 +183,14 @@ def test_an_unreachable_broker_is_said_once_per_streak(
         finally:
             ingest.stop()
             store.close()
+
+
+def test_sqlite_commits_are_durable_before_the_ack(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL does not sync a commit: after a power cut an alert the
+    device was told is stored could be gone. FULL syncs the WAL on every commit."""
+    store = Store(f"sqlite:///{tmp_path / 'alerts.db'}")
+    store.migrate()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+    store.close()
