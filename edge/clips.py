@@ -65,28 +65,48 @@ def prune(
     folder: Path,
     quota_bytes: float,
     retention_s: float,
+    *,
     now: float | None = None,
     keep: frozenset[Path] = frozenset(),
+    failed: dict[Path, str] | None = None,
 ) -> list[Path]:
     """Delete files in `folder` older than `retention_s`, then the oldest until the rest fit
-    in `quota_bytes`; files in `keep` (clips being written) stay. The deleted paths."""
+    in `quota_bytes`; files in `keep` (clips being written) stay. The deleted paths; a file
+    (or the folder) that cannot be read or deleted is skipped and put in `failed` (path ->
+    reason)."""
     now = time.time() if now is None else now
+    failed = {} if failed is None else failed
     files: list[tuple[float, int, Path]] = []
     total = 0  # the quota counts every file, kept ones too
-    for path in folder.iterdir() if folder.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError):
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError as exc:
+        failed[folder] = exc.strerror or str(exc)
+        entries = []
+    for path in entries:
+        try:
             st = path.stat()
             if path.is_file():
                 total += st.st_size
                 if path not in keep:
                     files.append((st.st_mtime, st.st_size, path))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed[path] = exc.strerror or str(exc)
     files.sort()
     gone: list[Path] = []
     for mtime, size, path in files:
         if now - mtime <= retention_s and total <= quota_bytes:
             break
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # EPERM, EACCES, EROFS: skipped; its size no longer counts, or
+            failed[path] = exc.strerror or str(exc)  # every newer clip would go in its place
+            total -= size
+            continue
         gone.append(path)
         total -= size
     if gone:
@@ -274,6 +294,9 @@ class ClipStats:
     failed: int = 0
     lost_samples: int = 0
     padded_frames: int = 0
+    prune_failed: int = 0  # files the pruning could not delete (last prune)
+    errors: int = 0  # unexpected errors the writer thread survived
+    error: str = ""  # the last problem, for health
 
 
 class ClipWriter:
@@ -298,6 +321,7 @@ class ClipWriter:
         self.stats = ClipStats()
         self._queue: queue.Queue[Event] = queue.Queue(config.queue)
         self._jobs: dict[str, Job] = {}
+        self._prune_warned: set[Path] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clips", daemon=True)
 
@@ -331,26 +355,45 @@ class ClipWriter:
         keep = frozenset(
             track.path for job in self._jobs.values() for track in (job.audio, job.video) if track
         )
+        failed: dict[Path, str] = {}
         prune(
             self.folder,
             self.config.quota_mb * 1e6,
             self.config.retention_days * 86400,
             keep=keep,
+            failed=failed,
         )
+        self.stats.prune_failed = len(failed)
+        for path, reason in failed.items():
+            level = logging.DEBUG if path in self._prune_warned else logging.WARNING
+            log.log(level, "clips: cannot remove %s (%s): it stays", path, reason)
+            self.stats.error = f"cannot remove {path.name}: {reason}"
+        self._prune_warned = set(failed)
 
     def _run(self) -> None:
-        self._prune()
-        next_prune = time.monotonic() + PRUNE_EVERY_S
-        while not self._stop.is_set():
-            with contextlib.suppress(queue.Empty):
-                self._take(self._queue.get(timeout=0.2))
-            self._pump(final=False)
-            if time.monotonic() >= next_prune:
-                next_prune += PRUNE_EVERY_S
-                self._prune()
-        while not self._queue.empty():
-            self._take(self._queue.get_nowait())
-        self._pump(final=True)
+        next_prune = time.monotonic()
+        while True:
+            try:  # one bad file or clip must not end the thread: no more clips until restart
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    self._prune()
+                if self._stop.is_set():
+                    break
+                with contextlib.suppress(queue.Empty):
+                    self._take(self._queue.get(timeout=0.2))
+                self._pump(final=False)
+            except Exception as exc:
+                self.stats.errors += 1
+                self.stats.error = f"{type(exc).__name__}: {exc}"
+                log.exception("clip writer: unexpected error (it goes on)")
+                self._stop.wait(1.0)
+        try:
+            while not self._queue.empty():
+                self._take(self._queue.get_nowait())
+            self._pump(final=True)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("clip writer: unexpected error while finishing the clips")
 
     def _take(self, event: Event) -> None:
         if event.phase == "start":
@@ -395,7 +438,7 @@ class ClipWriter:
                     job.audio.pump(self.audio)
                 if job.video is not None and self.frames is not None:
                     job.video.pump(self.frames)
-            except (OSError, RuntimeError) as exc:
+            except Exception as exc:  # noqa: BLE001 (the job fails, the writer goes on)
                 log.error("clip of %s failed: %s", job.event.category, exc)
                 self._fail(key, job)
                 continue
@@ -463,6 +506,9 @@ class ClipWriter:
             "clips_failed": s.failed,
             "clips_active": len(self._jobs),
             "clips_queue": self._queue.qsize(),
+            "clips_undeletable": s.prune_failed,
+            "clips_errors": s.errors,
+            "clips_error": s.error,
         }
 
 

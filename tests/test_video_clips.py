@@ -4,16 +4,20 @@ announced in an extra `update` alert of the event."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile
 
 from edge.camera import FrameRing
@@ -248,3 +252,48 @@ def test_a_clip_folder_that_cannot_be_made_costs_the_clips_not_the_alerts(
     (state / "clips").write_text("a file where the clip folder goes")
     alerts = run_daemon(state, f"file:{wav}", "none")
     assert [a["event"] for a in alerts] == ["start", "end"]  # the gunshot, without a clip
+
+
+@contextlib.contextmanager
+def undeletable(path: Path) -> Iterator[None]:
+    """`path` cannot be deleted (as on a read-only SD card or with another owner)."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    subprocess.run(["chattr", "+i", str(path)], check=True, timeout=10)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True, timeout=10)
+
+
+def test_a_file_the_pruning_cannot_delete_costs_no_clip(tmp_path: Path) -> None:
+    """An old file over the quota that cannot be deleted is logged, skipped and shown in
+    health; the writer thread goes on writing clips (it died at the first prune)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    old = folder / "old_big.mp4"
+    old.write_bytes(b"\0" * 11_000_000)
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    ring = AudioRing(RATE * 10)
+    clips: list[dict[str, Any]] = []
+    config = ClipsConfig(pre_s=0.5, post_s=0.5, quota_mb=10, retention_days=1)
+    writer = ClipWriter(config, folder, lambda e, c: clips.append(c), audio=ring)
+    with undeletable(old):
+        writer.start()
+        try:
+            for number in range(2):  # two events, each after a prune
+                key = f"k{number}"
+                writer.offer(replace(event("start", 1.0 + 3 * number, 1.0), key=key))
+                writer.offer(replace(event("end", 1.0 + 3 * number, 2.0 + 3 * number), key=key))
+                for _ in range(30):
+                    ring.write(np.full(1600, 0.1, np.float32))
+                    time.sleep(0.005)
+                wait_for(lambda n=number: len(clips) > n, 20, f"no clip {number}")  # type: ignore[misc]
+        finally:
+            writer.stop(10)
+    health = writer.health()
+    assert health["clips_written"] == 2, health
+    assert health["clips_undeletable"] == 1, health
+    assert "old_big.mp4" in str(health["clips_error"]), health
+    assert old.exists()
+    assert all(Path(c["audio"]["path"]).is_file() for c in clips)
