@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.capture import AudioSource, FileSource, open_source
+from edge.categories import DEFAULT_CATEGORIES
 from edge.clips import Clip, ClipSink, ClipWriter
 from edge.config import Config
 from edge.delivery import DeliveryService
@@ -235,11 +236,13 @@ class Daemon:
         signal.signal(signal.SIGINT, self._signal)
         # no event is open at start: clear what a crash may have left retained as ON (this
         # also announces every category to Home Assistant before its first event)
-        categories = list(self.detector.categories)
+        categories = list(self.detector.categories) if self.source is not None else []
         if self.video is not None:
             categories.append(self.video.analyzer.category)
         for category in categories:
             self.delivery.publish_state(category, on=False)
+        known = [*DEFAULT_CATEGORIES, "violence", *self.config.detection.categories]
+        self.delivery.retire(sorted({c for c in known if c not in categories}))
         self.delivery.start()
         self.detector.origin_wall = time.time()  # stream time 0 is when capture starts
         if self.source is not None:

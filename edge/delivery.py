@@ -276,16 +276,21 @@ class DeliveryService:
                 with self._lock:
                     self._dirty.add(topic)
 
+    def retire(self, categories: list[str]) -> None:
+        """Categories this device no longer detects (disabled, or no microphone): their retained
+        state (a crash may have left it ON) and their Home Assistant sensors are removed."""
+        for category in [c for c in categories if c not in self._ha.categories]:
+            self._keep(f"{self.base}/state/{category}", "", 1)
+            self._keep(homeassistant.discovery_topic(self._ha, self._device_id, category), "", 1)
+
     def _publish_discovery(self) -> None:
-        if not self._ha.enabled:
-            return
         with self._lock:
             categories = list(self._categories)
         messages = homeassistant.discovery_messages(
             self._ha, self.config.prefix, self._device_id, categories
         )
-        for topic, payload in messages:
-            self.link.publish(topic, payload, qos=1, retain=True)
+        for topic, payload in messages:  # with discovery off: remove what an earlier run made
+            self.link.publish(topic, payload if self._ha.enabled else "", qos=1, retain=True)
 
     def _fallback_loop(self) -> None:
         a = self.alerts

@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery: one binary sensor per category, plus device availability.
+"""Home Assistant MQTT discovery: one binary sensor per category and a diagnostic `problem`
+sensor, with device availability.
 
 The discovery messages are retained and published on every connect and again whenever
 Home Assistant announces itself (`<discovery_prefix>/status` = `online`).
@@ -41,10 +42,23 @@ def birth_topic(config: HomeAssistantConfig) -> str:
     return f"{config.discovery_prefix}/status"
 
 
+def discovery_topic(config: HomeAssistantConfig, device_id: str, name: str) -> str:
+    return f"{config.discovery_prefix}/binary_sensor/{slug(device_id)}/{slug(name)}/config"
+
+
+# ON when the device cannot do its job: capture or camera not running, a fallback channel off
+PROBLEM = (
+    "{{ 'ON' if value_json.capture not in ('running', 'none')"
+    " or value_json.get('video_capture', 'running') != 'running'"
+    " or value_json.delivery.fallback_off is defined else 'OFF' }}"
+)
+
+
 def discovery_messages(
     config: HomeAssistantConfig, prefix: str, device_id: str, categories: list[str]
 ) -> list[tuple[str, str]]:
-    """(topic, retained JSON payload) for each category's binary sensor."""
+    """(topic, retained JSON payload) for each category's binary sensor, and a diagnostic
+    `problem` sensor from the health message (its fields as attributes)."""
     base = f"{prefix}/{device_id}"
     device = {
         "identifiers": [f"safeguard_{slug(device_id)}"],
@@ -59,11 +73,13 @@ def discovery_messages(
         "payload_not_available": "offline",
     }
     messages = []
-    for category in categories:
+    for category in [*categories, "problem"]:
         object_id = f"safeguard_{slug(device_id)}_{slug(category)}"
-        payload = {
+        payload: dict[str, object] = {
             "name": category.replace("_", " ").capitalize(),
             "unique_id": object_id,
+            # Home Assistant 2025.10 and later read default_entity_id, older ones object_id
+            "default_entity_id": f"binary_sensor.{object_id}",
             "object_id": object_id,
             "state_topic": f"{base}/state/{category}",
             "payload_on": "ON",
@@ -72,6 +88,14 @@ def discovery_messages(
             "availability": [availability],
             "device": device,
         }
-        topic = f"{config.discovery_prefix}/binary_sensor/{slug(device_id)}/{slug(category)}/config"
+        if category == "problem":
+            payload |= {
+                "state_topic": f"{base}/health",
+                "value_template": PROBLEM,
+                "json_attributes_topic": f"{base}/health",
+                "device_class": "problem",
+                "entity_category": "diagnostic",
+            }
+        topic = discovery_topic(config, device_id, category)
         messages.append((topic, json.dumps(payload, separators=(",", ":"))))
     return messages

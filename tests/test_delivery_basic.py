@@ -135,12 +135,75 @@ def test_health_state_and_discovery(mosquitto: Mosquitto, service: DeliveryServi
     watcher.wait("homeassistant/binary_sensor/dev_1/drone/config")
     # only what the device uses: no sensor that would never get a state
     announced = {t.split("/")[3] for t in watcher.last if t.startswith("homeassistant/")}
-    assert announced == {"scream", "drone"}
+    assert announced == {"scream", "drone", "problem"}
     before = watcher.count[topic]
     watcher.client.publish("homeassistant/status", "online", qos=1)  # HA restarted
     with watcher.cond:
         assert watcher.cond.wait_for(lambda: watcher.count[topic] > before, 10)
     watcher.close()
+
+
+def test_retired_categories_and_discovery_off_clear_what_an_earlier_run_left(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A crash left `state/scream` ON and its sensor announced; the next run has scream
+    disabled (or no microphone) and Home Assistant discovery off: Home Assistant showed
+    "Unsafe" for ever. Now the state and every sensor of this device are removed."""
+    first = DeliveryService(
+        MqttConfig(port=mosquitto.port), AlertsConfig(), Outbox(tmp_path / "1.db", "d"), "d"
+    )
+    first.publish_state("scream", True)
+    first.publish_state("violence", False)
+    first.start()
+    watcher = Watcher(mosquitto.port, "#")
+    watcher.wait("homeassistant/binary_sensor/d/scream/config")
+    watcher.wait("safeguard/d/state/scream", "ON")
+    first.stop(5)  # the retained ON stays at the broker, as after a crash
+    watcher.close()
+    ha_off = MqttConfig.model_validate(
+        {"port": mosquitto.port, "homeassistant": {"enabled": False}}
+    )
+    second = DeliveryService(ha_off, AlertsConfig(), Outbox(tmp_path / "2.db", "d"), "d")
+    second.publish_state("violence", False)
+    second.retire(["gunshot", "scream"])
+    second.start()
+    watcher = Watcher(mosquitto.port, "safeguard/d/status")
+    watcher.wait("safeguard/d/status", "online")
+    time.sleep(1.0)
+    second.stop(5)
+    watcher.close()
+    retained = Watcher(mosquitto.port, "#")  # what a new subscriber (Home Assistant) gets
+    time.sleep(1.0)
+    kept = {t: v for t, v in retained.last.items() if v}
+    retained.close()
+    assert "safeguard/d/state/scream" not in kept
+    assert kept["safeguard/d/state/violence"] == "OFF"
+    assert not [t for t in kept if t.startswith("homeassistant/")], kept
+
+
+def test_the_problem_sensor_reads_the_health_message() -> None:
+    """The diagnostic sensor's template, rendered as Home Assistant renders it (Jinja2's
+    immutable sandbox), on health messages of a working and of a deaf device."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from edge import homeassistant
+
+    messages = homeassistant.discovery_messages(
+        homeassistant.HomeAssistantConfig(), "safeguard", "d", ["scream"]
+    )
+    problem = json.loads(dict(messages)["homeassistant/binary_sensor/d/problem/config"])
+    assert problem["state_topic"] == problem["json_attributes_topic"] == "safeguard/d/health"
+    assert problem["default_entity_id"] == "binary_sensor.safeguard_d_problem"
+    template = ImmutableSandboxedEnvironment().from_string(problem["value_template"])
+
+    def state(**health: object) -> str:
+        return template.render(value_json={"capture": "running", "delivery": {}, **health})
+
+    assert state() == "OFF"
+    assert state(capture="none", video_capture="running") == "OFF"  # a camera-only device
+    assert state(capture="retrying") == "ON"
+    assert state(video_capture="retrying") == "ON"
+    assert state(delivery={"fallback_off": ["sms: secret missing"]}) == "ON"
 
 
 def test_last_will_offline(mosquitto: Mosquitto, tmp_path: Path) -> None:
