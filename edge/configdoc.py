@@ -7,12 +7,13 @@ descriptions, so the documentation cannot drift from the schema.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from edge.categories import DEFAULT_CATEGORIES
 from edge.config import Config
 
 
@@ -21,14 +22,24 @@ def _default(field: FieldInfo, given: Any = PydanticUndefined) -> str:
     whose default is a whole instance, like the violence smoothing)."""
     value = field.default if given is PydanticUndefined else given
     if given is PydanticUndefined and field.default_factory is not None:
+        if field.default_factory in (list, dict):
+            return f"`{field.default_factory()}`"
         return "(computed)" if field.default is PydanticUndefined else repr(field.default)
     if value is PydanticUndefined:
         return "(required)"
     return "null" if value is None else f"`{value}`"
 
 
+def _choices(annotation: Any) -> list[str]:
+    """The values of a Literal annotation (also inside `X | None`)."""
+    if get_origin(annotation) is Literal:
+        return [str(value) for value in get_args(annotation)]
+    return [value for arg in get_args(annotation) for value in _choices(arg)]
+
+
 def _bounds(field: FieldInfo) -> str:
-    parts = []
+    choices = _choices(field.annotation)
+    parts = [" \\| ".join(f"`{value}`" for value in choices)] if choices else []
     for item in field.metadata:
         for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             value = getattr(item, name, None)
@@ -73,7 +84,28 @@ def render() -> str:
         "| key | default | bounds | meaning |",
         "|---|---|---|---|",
     ]
-    return "\n".join(head + rows(Config)) + "\n"
+    builtin = [
+        "",
+        "## Built-in categories",
+        "",
+        "`detection.categories` starts from these; an entry of yours with the same name overrides "
+        "them field by field (`smoothing` too), other names add categories. The `.<name>` rows "
+        "above give the defaults of a category you add.",
+        "",
+        "| category | severity | score | classes | veto (ratio) | smoothing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in DEFAULT_CATEGORIES.items():
+        m = c.smoothing
+        score = f"`{c.combine}`" + (f", head `{c.head}`" if c.head else "")
+        fast = f"fast {m.fast}" if m.fast is not None else "no fast path"
+        smoothing = f"on {m.on}, off {m.off}, {m.k} of {m.n}, {fast}"
+        classes, veto = (", ".join(f"`{x}`" for x in names) for names in (c.classes, c.veto))
+        builtin.append(
+            f"| `{name}` | {c.severity} | {score} | {classes} | {veto} ({c.veto_ratio}) | "
+            f"{smoothing} |"
+        )
+    return "\n".join(head + rows(Config) + builtin) + "\n"
 
 
 if __name__ == "__main__":
