@@ -1,10 +1,13 @@
-"""The unit files pass `systemd-analyze verify` cleanly and rate an exposure of 1.5 or lower."""
+"""The unit files pass `systemd-analyze verify` cleanly and rate an exposure of 1.5 or lower;
+what they promise (restarts without a limit, the root start step, the listener's config)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,7 +87,7 @@ def test_daemon_unit_has_the_watchdog_and_the_device_access() -> None:
         "Type=notify",
         "WatchdogSec=30",
         "Restart=on-failure",
-        "StartLimitBurst=5",
+        "StartLimitIntervalSec=0",
         "User=safeguard",
         "SupplementaryGroups=audio video",
         "StateDirectory=safeguard",
@@ -93,5 +96,58 @@ def test_daemon_unit_has_the_watchdog_and_the_device_access() -> None:
         "EnvironmentFile=-/etc/safeguard/secrets.env",
         "DeviceAllow=char-alsa rw",
         "DeviceAllow=/dev/snd rw",
+        "DeviceAllow=/dev/vcio r",
     ]:
         assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
+
+
+def settings(unit: Path, key: str) -> list[str]:
+    return re.findall(rf"^{key}=(.*)$", unit.read_text(), re.MULTILINE)
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_a_failing_service_is_restarted_without_a_limit(unit: Path) -> None:
+    """A safety service must not stay failed after a few restarts (StartLimitBurst)."""
+    assert settings(unit, "StartLimitIntervalSec") == ["0"]
+    assert settings(unit, "StartLimitBurst") == []
+    assert settings(unit, "Restart") == ["on-failure"]
+
+
+def test_the_root_start_step_does_not_import_from_the_working_directory(tmp_path: Path) -> None:
+    """The privileged ExecStartPre runs in WorkingDirectory, which the daemon's user can write:
+    a package `edge` (or a module named like a standard one) put there must not be imported."""
+    unit = ROOT / "systemd" / "safeguard.service"
+    (line,) = settings(unit, "ExecStartPre")
+    assert line.startswith("-+/opt/safeguard/venv/bin/python "), line  # root, failure ignored
+    argv = shlex.split(line[2:])
+    (workdir,) = settings(unit, "WorkingDirectory")
+    assert workdir == "/var/lib/safeguard"
+    shadow = tmp_path / "edge"
+    shadow.mkdir()
+    marker = tmp_path / "imported"
+    code = f"open({str(marker)!r}, 'w').close()\n"
+    for name in ("__init__.py", "health.py"):
+        (shadow / name).write_text(code)
+    (tmp_path / "argparse.py").write_text(code)
+    out = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert not marker.exists(), "the start step imported code from its working directory"
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_listener_gets_its_config_as_a_credential() -> None:
+    """The listener's DynamicUser cannot read /etc/safeguard (0750 root:safeguard): systemd
+    (root) reads the file and hands it over in $CREDENTIALS_DIRECTORY."""
+    unit = ROOT / "systemd" / "safeguard-listener.service"
+    (start,) = settings(unit, "ExecStart")
+    argv = shlex.split(start)
+    config = argv[argv.index("--config") + 1]
+    assert config == "${CREDENTIALS_DIRECTORY}/listener.yaml"
+    assert "listener.yaml:/etc/safeguard/listener.yaml" in settings(unit, "LoadCredential")
+    assert settings(unit, "DynamicUser") == ["yes"]
