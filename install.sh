@@ -5,8 +5,10 @@
 #   sudo ./install.sh                       # install, enable and start safeguard
 #   sudo ./install.sh --models-from DIR     # offline: models from a mirror folder
 #   sudo ./install.sh --with-listener       # also the listener service (alerts API, dashboard)
+#   sudo ./install.sh --no-start            # install and enable, but do not (re)start now
 #   ./install.sh --root DIR                 # stage into DIR; the running system is not touched
 #   sudo ./install.sh --uninstall [--purge] # remove; --purge also removes config, data, user
+#                                           # (--purge alone implies --uninstall)
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,27 +28,35 @@ DOCS=/usr/share/doc/safeguard
 DONE=()
 
 usage() {
-  sed -n '2,9s/^# \{0,1\}//p' "$0"
+  sed -n '2,11s/^# \{0,1\}//p' "$0"
   echo "options: --root DIR  --models-from DIR  --with-listener  --no-start  --uninstall  --purge"
 }
 
+say() { printf 'safeguard install: %s\n' "$*"; }
+did() { DONE+=("$*"); say "$*"; }
+warn() { printf 'safeguard install: warning: %s\n' "$*" >&2; }
+die() { printf 'safeguard install: error: %s\n' "$*" >&2; exit 1; }
+
 while [ $# -gt 0 ]; do
   case "$1" in
-    --root) ROOT=$(realpath -m "${2:?--root needs a folder}"); shift ;;
-    --models-from) MODELS_FROM=$(realpath "${2:?--models-from needs a folder}"); shift ;;
+    --root | --models-from) [ $# -ge 2 ] || die "$1 needs a folder" ;;
+  esac
+  case "$1" in
+    --root) ROOT=$(realpath -m "$2"); shift ;;
+    --models-from)
+      [ -d "$2" ] || die "--models-from $2: no such folder"
+      MODELS_FROM=$(realpath "$2")
+      shift
+      ;;
     --with-listener) WITH_LISTENER=1 ;;
     --no-start) START=0 ;;
     --uninstall) UNINSTALL=1 ;;
-    --purge) PURGE=1 ;;
+    --purge) PURGE=1 UNINSTALL=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
-
-say() { printf 'safeguard install: %s\n' "$*"; }
-did() { DONE+=("$*"); say "$*"; }
-die() { printf 'safeguard install: error: %s\n' "$*" >&2; exit 1; }
 
 # With --root, what would change the running system is recorded here instead of done.
 PLAN=""
@@ -90,10 +100,29 @@ detect_platform() {
     *) die "unsupported system '$OS_ID': install.sh supports Raspberry Pi OS, Debian and Ubuntu/JetPack" ;;
   esac
   case "$ARCH" in
-    aarch64 | x86_64 | armv7l) ;;
+    aarch64 | x86_64) ;;
+    armv6l | armv7l | armv8l)
+      die "32-bit ARM ($ARCH) is not supported: the TFLite runtime (ai-edge-litert) has no 32-bit wheel; install the 64-bit Raspberry Pi OS" ;;
     *) die "unsupported architecture $ARCH" ;;
   esac
+  check_python
   say "platform: $PLATFORM ($OS_ID, $ARCH${BOARD:+, $BOARD})"
+}
+
+# The system Python the virtual environment is made from: 3.10 or newer and 64-bit (the device
+# extra's wheels exist for nothing else). Without python3 yet, apt installs it and this runs again.
+check_python() {
+  command -v python3 >/dev/null || return 0
+  local found version bits
+  found=$(python3 -c 'import struct, sys; print("%d.%d" % sys.version_info[:2], 8 * struct.calcsize("P"))') ||
+    die "python3 does not run"
+  version=${found% *}
+  bits=${found#* }
+  if [ "${version%%.*}" -lt 3 ] || { [ "${version%%.*}" -eq 3 ] && [ "${version#*.}" -lt 10 ]; }; then
+    die "Python $version is too old: Safeguard needs Python 3.10 or newer (Raspberry Pi OS or Debian 12, Ubuntu 22.04 or JetPack 6)"
+  fi
+  [ "$bits" = 64 ] ||
+    die "python3 is a $bits-bit program: Safeguard needs a 64-bit system (the 64-bit Raspberry Pi OS)"
 }
 
 # The broker host of the installed config, else of the shipped one.
@@ -168,6 +197,7 @@ package_tar() {
 
 install_venv() {
   local venv=$ROOT$VENV src=$ROOT$PREFIX/src stamp
+  check_python
   stamp=$(package_tar --sort=name --mtime=@0 --owner=0 --group=0 | sha256sum | cut -c1-16)
   if [ -x "$venv/bin/safeguard" ] && [ "$(cat "$ROOT$PREFIX/.source-stamp" 2>/dev/null)" = "$stamp" ]; then
     say "virtual environment: $VENV is current"
@@ -184,28 +214,65 @@ install_venv() {
   did "virtual environment: $VENV with safeguard[device] from $SRC ($("$venv/bin/safeguard" --version))"
 }
 
+# The models only a camera needs (video.source): without a camera in the config they are
+# fetched best effort, so that one can be added later.
+VIDEO_MODELS=" mobilenet_v1_embedding "
+
+# Fetches every model of the manifest and checks its sha256 (a present file is checked too).
 install_models() {
-  local models=$ROOT$STATE/models
-  local from=()
+  local models=$ROOT$STATE/models from=() errors="" rc=0 line name reason camera skipped=""
   [ -n "$MODELS_FROM" ] && from=(--from "$MODELS_FROM")
   mkdir -p "$models"
-  "$ROOT$VENV/bin/safeguard" models fetch --dir "$models" "${from[@]}"
-  "$ROOT$VENV/bin/safeguard" models verify --dir "$models"
+  # its output goes to the terminal, its errors are read here
+  exec 3>&1
+  errors=$("$ROOT$VENV/bin/safeguard" models fetch --dir "$models" "${from[@]}" 2>&1 1>&3) || rc=$?
+  exec 3>&-
+  if [ "$rc" != 0 ]; then
+    camera=$(camera_source)
+    # One line per model that failed: "safeguard: model NAME: why"; any other error is fatal.
+    while IFS= read -r line; do
+      case "$line" in
+        "safeguard: model "*) ;;
+        "safeguard: "*) die "models: ${line#safeguard: }" ;;
+        *) printf '%s\n' "$line" >&2; continue ;;
+      esac
+      name=${line#safeguard: model }
+      name=${name%%[: ]*}
+      reason=${line#safeguard: }
+      if [[ $VIDEO_MODELS == *" $name "* ]] && [ "${camera:-none}" = none ]; then
+        warn "$reason; only a camera needs it and the config has none (video.source), so the install goes on; run install.sh again before adding a camera"
+        skipped+=" $name"
+      else
+        die "$reason; fix that (the network, or the mirror of --models-from) and run install.sh again"
+      fi
+    done <<<"$errors"
+    [ -n "$skipped" ] || die "models: safeguard models fetch failed (exit $rc)"
+  elif [ -n "$errors" ]; then
+    printf '%s\n' "$errors" >&2
+  fi
   own -R "$USER_NAME:$USER_NAME" "$ROOT$STATE"
-  did "models: fetched and verified in $STATE/models${MODELS_FROM:+ (from $MODELS_FROM)}"
+  did "models: fetched and verified in $STATE/models${MODELS_FROM:+ (from $MODELS_FROM)}${skipped:+ (not:$skipped)}"
 }
 
-# Installs a config file unless an edited one is there (then the new default goes beside it).
+# Installs a config file. NAME.dist always holds the default of the installed version: a config
+# still equal to it is the unedited previous default and takes the new one; an edited config is
+# kept (compare it with NAME.dist for new settings).
 install_config() {
   local file=$1 dest=$ROOT$2 mode=$3
   if [ ! -e "$dest" ]; then
     install -m "$mode" "$file" "$dest"
     own "root:$USER_NAME" "$dest"
     did "config: $2"
-  elif ! cmp -s "$file" "$dest"; then
-    install -m 0644 "$file" "$dest.dist"
-    say "config: kept your edited $2 (the new default is $2.dist)"
+  elif cmp -s "$file" "$dest"; then
+    :
+  elif [ -e "$dest.dist" ] && cmp -s "$dest" "$dest.dist"; then
+    install -m "$mode" "$file" "$dest"
+    own "root:$USER_NAME" "$dest"
+    did "config: $2 was the previous default, unedited: upgraded to the new default"
+  else
+    say "config: kept $2, which differs from the default (the new default is $2.dist)"
   fi
+  install -m 0644 "$file" "$dest.dist"
 }
 
 install_files() {
@@ -221,6 +288,11 @@ install_files() {
 # SAFEGUARD_MQTT_PASSWORD=
 # SAFEGUARD_TWILIO_AUTH_TOKEN=
 # SAFEGUARD_SMTP_PASSWORD=
+# The listener's API token, for clip upload (listener.enabled); with --with-listener it is the
+# one in /etc/safeguard/listener.api_token:
+# SAFEGUARD_API_TOKEN=
+# The camera preview's password (video.preview.enabled):
+# SAFEGUARD_PREVIEW_PASSWORD=
 EOF
     did "secrets: $ETC/secrets.env (mode 0600)"
   fi
@@ -231,7 +303,8 @@ EOF
   if [ "$WITH_LISTENER" = 1 ]; then
     install -m 0644 "$SRC/systemd/safeguard-listener.service" "$ROOT$UNITS/"
     install -m 0644 "$SRC/docs/listener.md" "$ROOT$DOCS/"
-    install_config "$SRC/config.listener.yaml" "$ETC/listener.yaml" 0644
+    # The listener (a DynamicUser= service) gets it as a credential: LoadCredential=listener.yaml
+    install_config "$SRC/config.listener.yaml" "$ETC/listener.yaml" 0640
     local token=$ROOT$ETC/listener.api_token
     if [ ! -s "$token" ]; then
       (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$token")
@@ -265,24 +338,39 @@ enable_services() {
 }
 
 uninstall() {
-  local services=(safeguard safeguard-listener)
-  if [ -n "$PLAN" ] || [ -d /run/systemd/system ]; then
-    system systemctl disable --now "${services[@]}"
+  local services=() unit
+  for unit in safeguard safeguard-listener; do # only the installed ones
+    [ -e "$ROOT$UNITS/$unit.service" ] && services+=("$unit")
+  done
+  if [ ${#services[@]} -gt 0 ]; then
+    if [ -n "$PLAN" ] || [ -d /run/systemd/system ]; then
+      system systemctl disable --now "${services[@]}" ||
+        warn "systemctl disable --now ${services[*]} failed; removing them anyway"
+    elif command -v systemctl >/dev/null; then
+      systemctl disable "${services[@]}" || warn "systemctl disable ${services[*]} failed"
+    fi
   fi
   rm -f "$ROOT$UNITS/safeguard.service" "$ROOT$UNITS/safeguard-listener.service"
   rm -rf "${ROOT:?}$PREFIX" "${ROOT:?}$DOCS"
-  [ -z "$PLAN" ] && [ -d /run/systemd/system ] && systemctl daemon-reload
+  if [ -z "$PLAN" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
   did "removed the services, $PREFIX and $DOCS"
   if [ "$PURGE" = 1 ]; then
-    rm -rf "${ROOT:?}$ETC" "${ROOT:?}$STATE" "${ROOT:?}/var/lib/safeguard-listener"
+    # the listener's state (DynamicUser=) lives in /var/lib/private, /var/lib/NAME is a link
+    rm -rf "${ROOT:?}$ETC" "${ROOT:?}$STATE" "${ROOT:?}/var/lib/safeguard-listener" \
+      "${ROOT:?}/var/lib/private/safeguard-listener"
     if [ -n "$PLAN" ] || id "$USER_NAME" >/dev/null 2>&1; then
       system userdel "$USER_NAME"
     fi
-    did "purged $ETC, $STATE and the $USER_NAME user"
+    did "purged $ETC, $STATE, the listener's data and the $USER_NAME user"
   else
     say "kept $ETC (config, secrets) and $STATE (outbox, models): --purge removes them"
   fi
 }
+
+# `safeguard check` with the service's user, groups and secrets (a shell has none of them).
+CHECK_COMMAND="sudo systemd-run --quiet --pipe --wait --collect -p User=$USER_NAME -p Group=$USER_NAME \\
+    -p SupplementaryGroups=\"audio video\" -p EnvironmentFile=$ETC/secrets.env \\
+    $VENV/bin/safeguard check --config $ETC/config.yaml"
 
 summary() {
   echo
@@ -300,7 +388,8 @@ Edit $ETC/config.yaml (device id, location, broker), secrets in $ETC/secrets.env
 Check it:
   systemctl status safeguard
   journalctl -u safeguard -f
-  $VENV/bin/safeguard check --config $ETC/config.yaml
+Check the config as the service sees it (its user, groups and $ETC/secrets.env):
+  $CHECK_COMMAND
 EOF
   fi
 }
