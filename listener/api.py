@@ -22,8 +22,22 @@ CLIP_TYPES = ("audio/wav", "audio/x-wav", "audio/flac", "audio/mpeg", "video/mp4
 
 Severity = Literal["info", "warning", "critical"]
 Status = Literal["new", "acknowledged", "resolved"]
-AlertId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL)]
+AlertId = Annotated[
+    str,
+    Path(
+        min_length=1, max_length=64, pattern=NO_NUL, description="The message's `id` (may hold /)"
+    ),
+]
 Text64 = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
+DeviceOf = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        pattern=NO_NUL,
+        description="The alert's device_id: needed only when several devices used this id",
+    ),
+]
 
 
 class Handling(BaseModel):
@@ -105,7 +119,10 @@ def authorize(
 StateDep = Annotated[State, Depends(state_of)]
 public = APIRouter()
 router = APIRouter(dependencies=[Depends(authorize)], responses={401: {"description": "No token"}})
-_404: dict[int | str, dict[str, Any]] = {404: {"description": "No such alert"}}
+_404: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such alert"},
+    409: {"description": "Several devices used this id: add ?device="},
+}
 
 
 @public.get("/healthz", response_model=Health, tags=["ops"])
@@ -151,36 +168,6 @@ def list_alerts(
     return state.store.list_alerts(where, limit, offset)
 
 
-@router.get("/api/alerts/{alert_id}", response_model=AlertOut, responses=_404, tags=["alerts"])
-def get_alert(state: StateDep, alert_id: AlertId) -> dict[str, Any]:
-    alert = state.store.get_alert(alert_id)
-    if alert is None:
-        raise HTTPException(404, "no such alert")
-    return alert
-
-
-def _mark(state: State, alert_id: str, action: str, body: Mark) -> dict[str, Any]:
-    alert = state.store.mark(alert_id, action, body.by, body.note)
-    if alert is None:
-        raise HTTPException(404, "no such alert")
-    state.hub.publish("update", alert)
-    return alert
-
-
-@router.post("/api/alerts/{alert_id}/ack", response_model=AlertOut, responses=_404, tags=["alerts"])
-def acknowledge(state: StateDep, alert_id: AlertId, body: Mark) -> dict[str, Any]:
-    """A person saw the alert (the first acknowledgement is kept)."""
-    return _mark(state, alert_id, "ack", body)
-
-
-@router.post(
-    "/api/alerts/{alert_id}/resolve", response_model=AlertOut, responses=_404, tags=["alerts"]
-)
-def resolve(state: StateDep, alert_id: AlertId, body: Mark) -> dict[str, Any]:
-    """The situation is dealt with."""
-    return _mark(state, alert_id, "resolve", body)
-
-
 @router.get("/api/devices", response_model=list[DeviceOut], tags=["devices"])
 def list_devices(state: StateDep) -> list[dict[str, Any]]:
     """Every device seen, with its last status and health."""
@@ -196,7 +183,7 @@ _CLIP_BODY = {
 
 
 @router.put(
-    "/api/alerts/{alert_id}/clip",
+    "/api/alerts/{alert_id:path}/clip",
     status_code=204,
     response_class=Response,
     openapi_extra=_CLIP_BODY,
@@ -208,7 +195,9 @@ _CLIP_BODY = {
     },
     tags=["clips"],
 )
-async def upload_clip(state: StateDep, alert_id: AlertId, request: Request) -> Response:
+async def upload_clip(
+    state: StateDep, alert_id: AlertId, request: Request, device: DeviceOf = None
+) -> Response:
     """Upload (or replace) the evidence clip of an alert."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in CLIP_TYPES:
@@ -224,25 +213,65 @@ async def upload_clip(state: StateDep, alert_id: AlertId, request: Request) -> R
             raise HTTPException(413, f"clip larger than {limit} bytes")
     if not data:
         raise HTTPException(400, "empty clip")
-    if not state.store.put_clip(alert_id, content_type, bytes(data)):
+    key = state.store.put_clip(alert_id, device, content_type, bytes(data))
+    if key is None:
         raise HTTPException(404, "no such alert")
-    alert = state.store.get_alert(alert_id)
+    alert = state.store.get_alert(alert_id, key[0])
     if alert is not None:
         state.hub.publish("update", alert)
     return Response(status_code=204)
 
 
 @router.get(
-    "/api/alerts/{alert_id}/clip",
+    "/api/alerts/{alert_id:path}/clip",
     response_class=Response,
     responses={**_404, 200: {"content": {t: {} for t in CLIP_TYPES}}},
     tags=["clips"],
 )
-def download_clip(state: StateDep, alert_id: AlertId) -> Response:
-    clip = state.store.get_clip(alert_id)
+def download_clip(state: StateDep, alert_id: AlertId, device: DeviceOf = None) -> Response:
+    clip = state.store.get_clip(alert_id, device)
     if clip is None:
         raise HTTPException(404, "no clip for this alert")
     return Response(clip[1], media_type=clip[0])
+
+
+@router.get("/api/alerts/{alert_id:path}", response_model=AlertOut, responses=_404, tags=["alerts"])
+def get_alert(state: StateDep, alert_id: AlertId, device: DeviceOf = None) -> dict[str, Any]:
+    """One alert."""
+    alert = state.store.get_alert(alert_id, device)
+    if alert is None:
+        raise HTTPException(404, "no such alert")
+    return alert
+
+
+def _mark(
+    state: State, alert_id: str, device: str | None, action: str, body: Mark
+) -> dict[str, Any]:
+    alert = state.store.mark(alert_id, device, action, body.by, body.note)
+    if alert is None:
+        raise HTTPException(404, "no such alert")
+    state.hub.publish("update", alert)
+    return alert
+
+
+@router.post(
+    "/api/alerts/{alert_id:path}/ack", response_model=AlertOut, responses=_404, tags=["alerts"]
+)
+def acknowledge(
+    state: StateDep, alert_id: AlertId, body: Mark, device: DeviceOf = None
+) -> dict[str, Any]:
+    """A person saw the alert (the first acknowledgement is kept)."""
+    return _mark(state, alert_id, device, "ack", body)
+
+
+@router.post(
+    "/api/alerts/{alert_id:path}/resolve", response_model=AlertOut, responses=_404, tags=["alerts"]
+)
+def resolve(
+    state: StateDep, alert_id: AlertId, body: Mark, device: DeviceOf = None
+) -> dict[str, Any]:
+    """The situation is dealt with."""
+    return _mark(state, alert_id, device, "resolve", body)
 
 
 @router.get("/api/live", tags=["alerts"], response_class=StreamingResponse)

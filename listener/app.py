@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,7 +23,7 @@ from listener.ingest import Ingest
 from listener.live import LiveHub
 from listener.metrics import Metrics
 from listener.state import State
-from listener.store import Store, fresh_alert
+from listener.store import AmbiguousAlert, Store, fresh_alert
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,12 @@ def build_state(cfg: ListenerConfig, token: str) -> State:
 
     def on_stored(alerts: list[dict[str, Any]], received: datetime) -> None:
         for alert in alerts:
-            if not hub.seen(alert["id"]):
+            if not hub.seen(f"{alert['device_id']}/{alert['id']}"):
                 hub.publish("alert", fresh_alert(alert, received))
 
-    def on_peer_ack(alert_id: str) -> None:  # another instance stored it
-        if hub.has_subscribers() and not hub.seen(alert_id):
-            stored = store.get_alert(alert_id)
+    def on_peer_ack(device: str, alert_id: str) -> None:  # another instance stored it
+        if hub.has_subscribers() and not hub.seen(f"{device}/{alert_id}"):
+            stored = store.get_alert(alert_id, device)
             if stored is not None:
                 hub.publish("alert", stored)
 
@@ -130,6 +131,12 @@ def create_app(state: State, *, start_ingest: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.listener = state
+
+    async def ambiguous(_request: Request, exc: Exception) -> JSONResponse:
+        devices = exc.devices if isinstance(exc, AmbiguousAlert) else []
+        return JSONResponse({"detail": f"{exc}: add ?device=", "devices": devices}, 409)
+
+    app.add_exception_handler(AmbiguousAlert, ambiguous)
     app.include_router(api.public)
     app.include_router(api.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")

@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from listener.checks import Rejected, check_alert, check_health, check_status, topic_device
 from listener.config import ListenerConfig, read_secret
 from listener.metrics import Metrics
-from listener.store import Store, utcnow
+from listener.store import Key, Store, key_of, utcnow
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 30  # longest wait between attempts to reach the broker, seconds
@@ -56,7 +56,7 @@ class Ingest:
         metrics: Metrics,
         *,
         on_stored: StoredSink | None = None,
-        on_peer_ack: Callable[[str], None] | None = None,
+        on_peer_ack: Callable[[str, str], None] | None = None,
         on_device: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -193,8 +193,9 @@ class Ingest:
                     ack_id = ack.get("id") if isinstance(ack, dict) else None
                 except ValueError:
                     ack_id = None
-                if isinstance(ack_id, str):
-                    self.on_peer_ack(ack_id)
+                device = topic_device(topic, self.prefix, "ack")
+                if isinstance(ack_id, str) and device is not None:
+                    self.on_peer_ack(device, ack_id)
             return
         for kind in ("status", "health"):
             device = topic_device(topic, self.prefix, kind)
@@ -284,17 +285,17 @@ class Ingest:
             self._after_store(batch, new, received)
             return
 
-    def _after_store(self, batch: list[Pending], new: set[str], received: datetime) -> None:
+    def _after_store(self, batch: list[Pending], new: set[Key], received: datetime) -> None:
         fresh: list[dict[str, Any]] = []
-        seen: set[str] = set()
+        seen: set[Key] = set()
         for item in batch:
-            alert_id = item.alert["id"]
-            if alert_id in new and alert_id not in seen:
+            key = key_of(item.alert)
+            if key in new and key not in seen:
                 fresh.append(item.alert)
             else:
                 self.metrics.count("duplicate")
-            seen.add(alert_id)
-            ack = json.dumps({"id": alert_id, "status": "stored"})
+            seen.add(key)
+            ack = json.dumps({"id": item.alert["id"], "status": "stored"})
             self.client.publish(f"{self.prefix}/{item.alert['device_id']}/ack", ack, qos=1)
             self.metrics.acks.inc()
             self.client.ack(item.mid, item.qos)

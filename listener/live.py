@@ -34,12 +34,12 @@ class LiveHub:
     def has_subscribers(self) -> bool:
         return bool(self._subs)
 
-    def seen(self, alert_id: str) -> bool:
-        """True if this alert was already announced (remembers the last 10,000 ids)."""
+    def seen(self, key: str) -> bool:
+        """True if this alert (`device/id`) was already announced (remembers the last 10,000)."""
         with self._lock:
-            if alert_id in self._recent:
+            if key in self._recent:
                 return True
-            self._recent[alert_id] = None
+            self._recent[key] = None
             if len(self._recent) > 10_000:
                 self._recent.popitem(last=False)
             return False

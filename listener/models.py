@@ -11,6 +11,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -18,11 +19,12 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# One row per alert message id (the idempotency key). `payload` is the message as received.
+# One row per alert message: (device_id, id) is the idempotency key (an id is unique per
+# message of one producer; two producers may use the same id). `payload` is the message.
 alerts = Table(
     "alerts",
     metadata,
-    Column("id", String(64), primary_key=True),
+    Column("id", String(64), nullable=False),
     Column("device_id", String(64), nullable=False),
     Column("event", String(16), nullable=False),
     Column("event_id", String(64), nullable=True),
@@ -41,6 +43,9 @@ alerts = Table(
     Column("resolved_by", String(128), nullable=True),
     Column("resolved_at", DateTime(timezone=True), nullable=True),
     Column("note", Text, nullable=True),
+    PrimaryKeyConstraint("device_id", "id"),
+    Index("ix_alerts_id", "id"),
+    Index("ix_alerts_event", "device_id", "event_id"),
     Index("ix_alerts_received", "received_at", "id"),
     Index("ix_alerts_device_received", "device_id", "received_at"),
     Index("ix_alerts_category", "category"),
@@ -62,6 +67,7 @@ devices = Table(
 clips = Table(
     "clips",
     metadata,
+    Column("device_id", String(64), primary_key=True),
     Column("alert_id", String(64), primary_key=True),
     Column("content_type", String(64), nullable=False),
     Column("size", BigInteger, nullable=False),

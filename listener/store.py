@@ -1,4 +1,5 @@
-"""The alert store: SQLite (embedded default) or PostgreSQL (fleet), idempotent by alert id."""
+"""The alert store: SQLite (embedded default) or PostgreSQL (fleet), idempotent by
+(device id, alert id)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,22 @@ SELECT r->'a'->>'id', r->'a'->>'device_id', r->'a'->>'event', r->'a'->>'event_id
        (r->>'s')::timestamptz, (r->>'t')::timestamptz, %(received)s,
        (r->>'lat')::float8, (r->>'lon')::float8, r->'a'
 FROM json_array_elements(%(batch)s::json) AS r
-ON CONFLICT (id) DO NOTHING RETURNING id
+ON CONFLICT (device_id, id) DO NOTHING RETURNING device_id, id
 """
+
+Key = tuple[str, str]  # (device_id, id): what identifies one stored alert
 
 
 class StoreError(Exception):
     """The database cannot be reached or refused an operation."""
+
+
+class AmbiguousAlert(Exception):
+    """An alert id that several devices used; the caller must name the device."""
+
+    def __init__(self, alert_id: str, devices: list[str]) -> None:
+        super().__init__(f"alert id {alert_id!r} is used by devices {', '.join(devices)}")
+        self.devices = devices
 
 
 def utcnow() -> datetime:
@@ -141,11 +152,11 @@ class Store:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     # --- ingest -------------------------------------------------------------------------
-    def store_alerts(self, batch: Iterable[dict[str, Any]], received_at: datetime) -> set[str]:
-        """Store valid alerts; the ids that were new (others were already stored)."""
-        rows: dict[str, dict[str, Any]] = {}
+    def store_alerts(self, batch: Iterable[dict[str, Any]], received_at: datetime) -> set[Key]:
+        """Store valid alerts; the keys that were new (others were already stored)."""
+        rows: dict[Key, dict[str, Any]] = {}
         for alert in batch:
-            rows.setdefault(alert["id"], _row(alert, received_at))
+            rows.setdefault(key_of(alert), _row(alert, received_at))
         if not rows:
             return set()
         if self.dialect == "postgresql":
@@ -161,14 +172,14 @@ class Store:
             ]
             params = {"batch": json.dumps(batch), "received": received_at}
             with self.engine.begin() as conn:
-                return {str(r[0]) for r in conn.exec_driver_sql(_PG_BULK, params)}
+                return {(str(r[0]), str(r[1])) for r in conn.exec_driver_sql(_PG_BULK, params)}
         stmt = (
             self._insert(alerts)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(alerts.c.id)
+            .on_conflict_do_nothing(index_elements=["device_id", "id"])
+            .returning(alerts.c.device_id, alerts.c.id)
         )
         with self.engine.begin() as conn:
-            return {str(r[0]) for r in conn.execute(stmt, list(rows.values()))}
+            return {(str(r[0]), str(r[1])) for r in conn.execute(stmt, list(rows.values()))}
 
     def set_device(self, device_id: str, **fields: Any) -> None:
         """Upsert a device's last status (`status`, `status_at`) or health (`health`, ...)."""
@@ -179,8 +190,23 @@ class Store:
 
     # --- queries ------------------------------------------------------------------------
     def _select(self) -> Any:
-        has_clip = select(clips.c.alert_id).where(clips.c.alert_id == alerts.c.id).exists()
+        has_clip = (
+            select(clips.c.alert_id)
+            .where(clips.c.alert_id == alerts.c.id, clips.c.device_id == alerts.c.device_id)
+            .exists()
+        )
         return select(alerts, has_clip.label("has_clip"))
+
+    def find(self, conn: Any, alert_id: str, device: str | None) -> Key | None:
+        """The key of the alert `alert_id` (of `device`, when given); AmbiguousAlert when
+        several devices used that id and no device is named."""
+        query = select(alerts.c.device_id).where(alerts.c.id == alert_id)
+        if device is not None:
+            query = query.where(alerts.c.device_id == device)
+        found = [str(r[0]) for r in conn.execute(query.order_by(alerts.c.device_id).limit(5))]
+        if len(found) > 1:
+            raise AmbiguousAlert(alert_id, found)
+        return (found[0], alert_id) if found else None
 
     def list_alerts(self, where: AlertFilter, limit: int, offset: int) -> list[dict[str, Any]]:
         query = self._select()
@@ -199,22 +225,32 @@ class Store:
             rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
         return [_to_api(r) for r in rows]
 
-    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+    def get_alert(self, alert_id: str, device: str | None = None) -> dict[str, Any] | None:
+        """One alert (AmbiguousAlert: several devices used `alert_id`, name the device)."""
+        query = self._select().where(alerts.c.id == alert_id)
+        if device is not None:
+            query = query.where(alerts.c.device_id == device)
         with self.engine.connect() as conn:
-            row = conn.execute(self._select().where(alerts.c.id == alert_id)).mappings().first()
-        return None if row is None else _to_api(row)
+            rows = conn.execute(query.order_by(alerts.c.device_id).limit(5)).mappings().all()
+        if len(rows) > 1:
+            raise AmbiguousAlert(alert_id, [str(r["device_id"]) for r in rows])
+        return _to_api(rows[0]) if rows else None
 
     def count_alerts(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(alerts)).scalar_one())
 
-    def mark(self, alert_id: str, action: str, by: str, note: str | None) -> dict[str, Any] | None:
+    def mark(
+        self, alert_id: str, device: str | None, action: str, by: str, note: str | None
+    ) -> dict[str, Any] | None:
         """Acknowledge or resolve an alert (resolving also acknowledges); None if unknown."""
         now = utcnow()
         with self.engine.begin() as conn:
-            row = conn.execute(
-                select(alerts.c.acknowledged_at).where(alerts.c.id == alert_id)
-            ).first()
+            key = self.find(conn, alert_id, device)
+            if key is None:
+                return None
+            this = (alerts.c.device_id == key[0]) & (alerts.c.id == alert_id)
+            row = conn.execute(select(alerts.c.acknowledged_at).where(this)).first()
             if row is None:
                 return None
             values: dict[str, Any] = {}
@@ -227,8 +263,8 @@ class Store:
             if note is not None:
                 values["note"] = note
             if values:
-                conn.execute(update(alerts).where(alerts.c.id == alert_id).values(**values))
-        return self.get_alert(alert_id)
+                conn.execute(update(alerts).where(this).values(**values))
+        return self.get_alert(alert_id, key[0])
 
     def list_devices(self) -> list[dict[str, Any]]:
         last = (
@@ -261,23 +297,33 @@ class Store:
         return out
 
     # --- clips --------------------------------------------------------------------------
-    def put_clip(self, alert_id: str, content_type: str, data: bytes) -> bool:
-        """Store (or replace) an alert's clip; False if the alert is unknown."""
+    def put_clip(
+        self, alert_id: str, device: str | None, content_type: str, data: bytes
+    ) -> Key | None:
+        """Store (or replace) an alert's clip; its key, or None if the alert is unknown."""
         values = {"content_type": content_type, "size": len(data), "uploaded_at": utcnow()}
-        stmt = self._insert(clips).values(alert_id=alert_id, data=data, **values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["alert_id"], set_={**values, "data": data}
-        )
         with self.engine.begin() as conn:
-            if conn.execute(select(alerts.c.id).where(alerts.c.id == alert_id)).first() is None:
-                return False
+            key = self.find(conn, alert_id, device)
+            if key is None:
+                return None
+            stmt = self._insert(clips).values(
+                device_id=key[0], alert_id=alert_id, data=data, **values
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["device_id", "alert_id"], set_={**values, "data": data}
+            )
             conn.execute(stmt)
-        return True
+        return key
 
-    def get_clip(self, alert_id: str) -> tuple[str, bytes] | None:
+    def get_clip(self, alert_id: str, device: str | None = None) -> tuple[str, bytes] | None:
         with self.engine.connect() as conn:
+            key = self.find(conn, alert_id, device)
+            if key is None:
+                return None
             row = conn.execute(
-                select(clips.c.content_type, clips.c.data).where(clips.c.alert_id == alert_id)
+                select(clips.c.content_type, clips.c.data).where(
+                    clips.c.device_id == key[0], clips.c.alert_id == alert_id
+                )
             ).first()
         return None if row is None else (str(row[0]), bytes(row[1]))
 
@@ -288,6 +334,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")  # WAL + NORMAL: a commit is not on disk yet
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def key_of(alert: dict[str, Any]) -> Key:
+    return (str(alert["device_id"]), str(alert["id"]))
 
 
 def _row(alert: dict[str, Any], received_at: datetime) -> dict[str, Any]:

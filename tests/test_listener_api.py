@@ -202,3 +202,96 @@ def test_the_default_database_is_an_absolute_path_and_a_bad_one_is_said_plainly(
     err = capsys.readouterr().err
     assert f"cannot create {tmp_path}/file/sub: Not a directory; choose a writable path" in err
     assert "Traceback" not in err
+
+
+def test_an_id_two_devices_used_is_addressed_with_its_device(
+    api: tuple[TestClient, State],
+) -> None:
+    client, state = api
+    now = datetime.now(timezone.utc)
+    kitchen = make_alert("kitchen", id="evt-0001", category="smoke")
+    garage = make_alert("garage", id="evt-0001", category="gunshot")
+    assert state.store.store_alerts([kitchen, garage], now) == {
+        ("kitchen", "evt-0001"), ("garage", "evt-0001")
+    }  # fmt: skip
+    ambiguous = client.get("/api/alerts/evt-0001", headers=AUTH)
+    assert ambiguous.status_code == 409
+    assert ambiguous.json()["devices"] == ["garage", "kitchen"]
+    assert "?device=" in ambiguous.json()["detail"]
+    one = client.get("/api/alerts/evt-0001?device=garage", headers=AUTH)
+    assert one.json()["category"] == "gunshot"
+    acked = client.post("/api/alerts/evt-0001/ack?device=garage", json={"by": "a"}, headers=AUTH)
+    assert acked.json()["listener"]["status"] == "acknowledged"
+    kitchen_now = client.get("/api/alerts/evt-0001?device=kitchen", headers=AUTH).json()
+    assert kitchen_now["listener"]["status"] == "new"
+    wav = {**AUTH, "Content-Type": "audio/wav"}
+    url = "/api/alerts/evt-0001/clip"
+    assert client.put(url, content=b"RIFF", headers=wav).status_code == 409
+    assert client.put(url + "?device=kitchen", content=b"RIFF", headers=wav).status_code == 204
+    assert client.get(url + "?device=kitchen", headers=AUTH).content == b"RIFF"
+    assert client.get(url + "?device=garage", headers=AUTH).status_code == 404
+    assert client.get("/api/alerts/evt-0001?device=nowhere", headers=AUTH).status_code == 404
+
+
+def test_an_id_with_a_slash(api: tuple[TestClient, State]) -> None:
+    """The schema allows any id: one with '/' can be read, acknowledged and given a clip."""
+    client, state = api
+    alert = make_alert("site-a", id="site/0001/x")
+    state.store.store_alerts([alert], datetime.now(timezone.utc))
+    base = "/api/alerts/site%2F0001%2Fx"
+    assert client.get(base, headers=AUTH).json()["id"] == "site/0001/x"
+    acked = client.post(base + "/ack", json={"by": "a"}, headers=AUTH)
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["listener"]["acknowledged_by"] == "a"
+    wav = {**AUTH, "Content-Type": "audio/wav"}
+    assert client.put(base + "/clip", content=b"RIFF", headers=wav).status_code == 204
+    assert client.get(base + "/clip", headers=AUTH).content == b"RIFF"
+    resolved = client.post(base + "/resolve", json={"by": "b"}, headers=AUTH)
+    assert resolved.json()["listener"]["status"] == "resolved"
+    assert client.get("/api/alerts/site%2F0001", headers=AUTH).status_code == 404
+
+
+def test_a_database_of_the_first_schema_is_migrated_with_its_data(tmp_path: Path) -> None:
+    """A database made by the first release (alerts keyed by id alone) keeps its alerts,
+    clips and acknowledgements, and then takes an id that another device used."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    import listener.store
+    from listener.store import Store
+
+    for kind in ("sqlite", "postgresql"):
+        for url in listener_database(kind, tmp_path / kind):
+            store = Store(url)
+            cfg = AlembicConfig()
+            folder = Path(listener.store.__file__).parent / "migrations"
+            cfg.set_main_option("script_location", str(folder))
+            with store.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "0001")
+                conn.exec_driver_sql(
+                    "INSERT INTO alerts (id, device_id, event, category, severity, score, "
+                    "started_at, sent_at, received_at, payload, status, acknowledged_by) "
+                    "VALUES ('evt-1', 'old-pi', 'start', 'glass', 'warning', 0.5, "
+                    "'2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00', "
+                    '\'2026-01-01 00:00:01+00\', \'{"id": "evt-1", "device_id": "old-pi"}\', '
+                    "'acknowledged', 'ann')"
+                )
+                conn.exec_driver_sql(
+                    "INSERT INTO clips (alert_id, content_type, size, uploaded_at, data) "
+                    "VALUES ('evt-1', 'audio/wav', 4, '2026-01-01 00:00:02+00', :data)"
+                    if kind == "sqlite"
+                    else "INSERT INTO clips (alert_id, content_type, size, uploaded_at, data) "
+                    "VALUES ('evt-1', 'audio/wav', 4, '2026-01-01 00:00:02+00', 'RIFF')",
+                    {"data": b"RIFF"} if kind == "sqlite" else {},
+                )
+            store.migrate()
+            got = store.get_alert("evt-1")
+            assert got is not None, kind
+            assert got["listener"]["acknowledged_by"] == "ann"
+            assert got["listener"]["has_clip"] is True
+            assert store.get_clip("evt-1") == ("audio/wav", b"RIFF")
+            other = make_alert("new-pi", id="evt-1")
+            assert store.store_alerts([other], datetime.now(timezone.utc)) == {("new-pi", "evt-1")}
+            assert store.get_alert("evt-1", "new-pi") is not None
+            store.close()

@@ -73,7 +73,7 @@ def fuzz_store(
 
 
 def test_message_checks_and_store(fuzz_store: Store) -> None:
-    accepted: set[str] = set()
+    accepted: set[tuple[str, str]] = set()
 
     valid = ("safeguard/dev-a/alert", json.dumps(make_alert("dev-a")).encode())
 
@@ -99,8 +99,9 @@ def test_message_checks_and_store(fuzz_store: Store) -> None:
             pytest.fail(f"accepted an invalid alert: {exc}")
         assert topic == f"safeguard/{alert['device_id']}/alert"
         new = fuzz_store.store_alerts([alert], utcnow())
-        assert new == ({alert["id"]} - accepted)
-        accepted.add(alert["id"])
+        key = (alert["device_id"], alert["id"])
+        assert new == ({key} - accepted)
+        accepted.add(key)
         assert fuzz_store.count_alerts() == before + len(new)
 
     one()

@@ -194,3 +194,29 @@ def test_sqlite_commits_are_durable_before_the_ack(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     store.close()
+
+
+def test_two_devices_may_use_the_same_id(
+    running: tuple[Ingest, Store, Metrics], mosquitto: Mosquitto
+) -> None:
+    """Deduplication is per device: a garage's gunshot numbered like the kitchen's smoke
+    alert is stored (and acked as stored) instead of being dropped as a resend."""
+    _ingest, store, metrics = running
+    device = DeviceClient(mosquitto.port)
+    smoke = make_alert("kitchen", id="evt-0001", category="smoke", severity="warning")
+    gunshot = make_alert("garage", id="evt-0001", category="gunshot")
+    device.publish_alert(smoke)
+    device.publish_alert(gunshot)
+    device.publish_alert(gunshot)  # a real resend
+    acks = device.wait_acks(3)
+    assert sorted(str(a["_topic"]) for a in acks) == [
+        "safeguard/garage/ack", "safeguard/garage/ack", "safeguard/kitchen/ack"
+    ]  # fmt: skip
+    wait_for(lambda: metrics.value("stored") == 2 and metrics.value("duplicate") == 1)
+    stored = {a["device_id"]: a for a in store.list_alerts(AlertFilter(), 10, 0)}
+    assert set(stored) == {"kitchen", "garage"}
+    assert stored["garage"]["category"] == "gunshot"
+    got = store.get_alert("evt-0001", "garage")
+    assert got is not None
+    assert got["category"] == "gunshot"
+    device.close()

@@ -3,13 +3,43 @@
 // kept in this browser's localStorage; it is sent as a bearer header, never in a URL.
 "use strict";
 
-const state = { token: "", alerts: new Map(), markers: new Map(), map: null, clipUrl: "" };
+const state = {
+  token: "", alerts: new Map(), markers: new Map(), map: null, clipUrl: "",
+  run: 0,  // one follow() loop per successful log-in; an older loop stops
+};
 const $ = (id) => document.getElementById(id);
 
-function api(path, options = {}) {
+class Unauthorized extends Error {}
+
+// Every call carries the token; a 401 (e.g. the token was rotated) asks for a new one.
+async function api(path, options = {}) {
   const headers = Object.assign({ Authorization: "Bearer " + state.token }, options.headers || {});
-  return fetch(path, Object.assign({}, options, { headers }));
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    showLogin(state.alerts.size ? "The token was refused (changed?). Enter the new one." : "Wrong token.");
+    throw new Unauthorized();
+  }
+  return response;
 }
+
+function showLogin(message) {
+  state.run += 1;  // stops the live loop
+  localStorage.removeItem("safeguard.token");
+  $("main").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  setLive(false);
+}
+
+function notice(message) {
+  $("notice").textContent = message;
+  $("notice").hidden = !message;
+}
+
+// One alert is (device_id, id): two devices may use the same id.
+const keyOf = (alert) => `${alert.device_id}/${alert.id}`;
+const alertPath = (alert, tail = "") =>
+  `/api/alerts/${encodeURIComponent(alert.id)}${tail}?device=${encodeURIComponent(alert.device_id)}`;
 
 function text(tag, value, cls) {
   const el = document.createElement(tag);
@@ -22,6 +52,7 @@ function renderAlert(alert) {
   const h = alert.listener || {};
   const li = document.createElement("li");
   li.dataset.id = alert.id;
+  li.dataset.device = alert.device_id;
   li.dataset.status = h.status;
   li.className = `alert sev-${alert.severity} status-${h.status}`;
   li.append(text("span", alert.category, "category"));
@@ -32,19 +63,19 @@ function renderAlert(alert) {
   actions.className = "actions";
   if (h.status === "new") {
     const ack = text("button", "Acknowledge", "ack");
-    ack.addEventListener("click", () => mark(alert.id, "ack"));
+    ack.addEventListener("click", () => mark(alert, "ack"));
     actions.append(ack);
   } else {
     actions.append(text("span", `${h.status} by ${h.resolved_by || h.acknowledged_by}`, "meta handled"));
   }
   if (h.status !== "resolved") {
     const resolve = text("button", "Resolve", "resolve");
-    resolve.addEventListener("click", () => mark(alert.id, "resolve"));
+    resolve.addEventListener("click", () => mark(alert, "resolve"));
     actions.append(resolve);
   }
   if (h.has_clip) {
     const play = text("button", "Play clip", "play");
-    play.addEventListener("click", () => playClip(alert.id));
+    play.addEventListener("click", () => playClip(alert));
     actions.append(play);
   }
   li.append(actions);
@@ -54,11 +85,12 @@ function renderAlert(alert) {
 function upsertAlert(alert, prepend) {
   const list = $("alerts");
   const fresh = renderAlert(alert);
-  const old = list.querySelector(`li[data-id="${CSS.escape(alert.id)}"]`);
+  const old = list.querySelector(
+    `li[data-id="${CSS.escape(alert.id)}"][data-device="${CSS.escape(alert.device_id)}"]`);
   if (old) old.replaceWith(fresh);
   else if (prepend) list.prepend(fresh);
   else list.append(fresh);
-  state.alerts.set(alert.id, alert);
+  state.alerts.set(keyOf(alert), alert);
   placeMarker(alert);
 }
 
@@ -66,28 +98,55 @@ function placeMarker(alert) {
   const h = alert.listener || {};
   if (!state.map || h.lat == null || h.lon == null) return;
   const label = `${alert.category} (${alert.severity}) on ${alert.device_id}`;
-  let marker = state.markers.get(alert.id);
+  let marker = state.markers.get(keyOf(alert));
   if (!marker) {
     marker = L.circleMarker([h.lat, h.lon], { radius: 8 }).addTo(state.map);
-    state.markers.set(alert.id, marker);
+    state.markers.set(keyOf(alert), marker);
   }
   marker.bindTooltip(text("span", label));  // an element: Leaflet would parse a string as HTML
   marker.setStyle({ color: h.status === "new" ? "#c62828" : "#607d8b" });
 }
 
-async function mark(id, action) {
-  const by = $("who").value.trim() || "dashboard";
-  localStorage.setItem("safeguard.who", by);
-  const response = await api(`/api/alerts/${encodeURIComponent(id)}/${action}`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ by }),
-  });
-  if (response.ok) upsertAlert(await response.json(), false);
+async function failure(response) {
+  let detail = "";
+  try {
+    detail = (await response.json()).detail;
+  } catch (err) {
+    detail = response.statusText;
+  }
+  return `${response.status} ${typeof detail === "string" ? detail : JSON.stringify(detail)}`;
 }
 
-async function playClip(id) {
-  const response = await api(`/api/alerts/${encodeURIComponent(id)}/clip`);
+async function mark(alert, action) {
+  const by = $("who").value.trim() || "dashboard";
+  localStorage.setItem("safeguard.who", by);
+  const doing = action === "ack" ? "acknowledge" : "resolve";
+  try {
+    const response = await api(alertPath(alert, "/" + action), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ by }),
+    });
+    if (!response.ok) {
+      notice(`Could not ${doing} ${alert.category} on ${alert.device_id}: ${await failure(response)}`);
+      return;
+    }
+    notice("");
+    upsertAlert(await response.json(), false);
+  } catch (err) {
+    if (!(err instanceof Unauthorized)) notice(`Could not ${doing}: ${err.message || err}`);
+  }
+}
+
+async function playClip(alert) {
+  const id = alert.id;
+  let response;
+  try {
+    response = await api(alertPath(alert, "/clip"));
+  } catch (err) {
+    if (!(err instanceof Unauthorized)) notice(`Could not fetch the clip: ${err.message || err}`);
+    return;
+  }
   if (!response.ok) {
     showPlayer(text("p", `Clip not available (${response.status}).`, "clip-error"));
     return;
@@ -114,7 +173,12 @@ function showPlayer(...children) {
 }
 
 async function loadDevices() {
-  const response = await api("/api/devices");
+  let response;
+  try {
+    response = await api("/api/devices");
+  } catch (err) {
+    return;  // a 401 shows the login; a network error: the live loop reconnects
+  }
   if (!response.ok) return;
   const list = $("devices");
   list.replaceChildren();
@@ -131,16 +195,20 @@ function setLive(live) {
   $("live-state").textContent = live ? "live" : "offline";
 }
 
-function handleEvent(kind, data) {
-  if (kind === "hello") setLive(true);
-  else if (kind === "alert") upsertAlert(JSON.parse(data), true);
-  else if (kind === "update") upsertAlert(JSON.parse(data), false);
-  else if (kind === "devices") loadDevices();
+async function handleEvent(kind, data) {
+  if (kind === "hello") {
+    // The stream is open: whatever is stored from now on arrives on it (and waits in the
+    // stream while the list loads), so the list loaded now misses nothing.
+    await reload();
+    setLive(true);
+  } else if (kind === "alert" || kind === "update") {
+    upsertAlert(JSON.parse(data), kind === "alert");
+  } else if (kind === "devices") loadDevices();
 }
 
 // Server-sent events read through fetch, so that the token travels in a header.
-async function follow() {
-  for (;;) {
+async function follow(run) {
+  while (run === state.run) {
     try {
       const response = await api("/api/live", { headers: { Accept: "text/event-stream" } });
       if (!response.ok || !response.body) throw new Error("live stream: " + response.status);
@@ -160,25 +228,34 @@ async function follow() {
             if (line.startsWith("event: ")) kind = line.slice(7);
             else if (line.startsWith("data: ")) data.push(line.slice(6));
           }
-          handleEvent(kind, data.join("\n"));
+          if (run !== state.run) break;
+          await handleEvent(kind, data.join("\n"));
         }
+        if (run !== state.run) break;
       }
+      reader.cancel().catch(() => {});
     } catch (err) {
+      if (err instanceof Unauthorized) return;
       console.warn(err);
     }
+    if (run !== state.run) return;
     setLive(false);
     await new Promise((resolve) => setTimeout(resolve, 2000));
-    await reload();  // catch up on what happened while disconnected
   }
 }
 
 async function reload() {
   const response = await api("/api/alerts?limit=200");
-  if (!response.ok) return response.status;
+  if (!response.ok) {
+    notice(`Could not load the alerts: ${await failure(response)}`);
+    return;
+  }
+  const alerts = await response.json();
   $("alerts").replaceChildren();
-  for (const alert of await response.json()) upsertAlert(alert, false);
+  state.alerts.clear();
+  for (const alert of alerts) upsertAlert(alert, false);
+  notice("");
   await loadDevices();
-  return 200;
 }
 
 function initMap(config) {
@@ -191,19 +268,24 @@ function initMap(config) {
 
 async function start(token) {
   state.token = token;
-  const status = await reload();
-  if (status !== 200) {
-    $("login").hidden = false;
-    $("login-error").textContent = status === 401 ? "Wrong token." : `Error ${status}.`;
+  let config;
+  try {
+    const response = await api("/api/config");
+    if (!response.ok) {
+      showLogin(`Error ${response.status}.`);
+      return;
+    }
+    config = await response.json();
+  } catch (err) {
+    if (!(err instanceof Unauthorized)) showLogin(`Cannot reach the listener: ${err.message || err}`);
     return;
   }
   localStorage.setItem("safeguard.token", token);
   $("login").hidden = true;
   $("main").hidden = false;
-  const config = await (await api("/api/config")).json();
-  initMap(config);
-  for (const alert of state.alerts.values()) placeMarker(alert);
-  follow();
+  if (!state.map) initMap(config);
+  state.run += 1;
+  follow(state.run);
 }
 
 window.addEventListener("DOMContentLoaded", () => {
