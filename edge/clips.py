@@ -14,12 +14,15 @@ Span: `[max(0, start_s - pre_s), end_s + post_s]` in stream seconds, cut at the 
 audio and at 1/fps for video (each output frame is the newest camera frame at its time, so
 the MP4 has a constant rate). When the data ends first (a file source, shutdown), the clip
 ends with the data. Frames missing before the first held one repeat it; audio lost to a
-ring overrun is written as silence; both are counted.
+ring overrun is written as silence; both are counted. Without ffmpeg, or when the camera has
+delivered nothing since before the clip's start (offline), a clip is the WAV alone. A clip
+that fails (a full disk) leaves no partial file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -50,6 +53,8 @@ RATE = 16000
 GRACE_S = 5.0  # after end + post-roll: how long to wait for data that may not come
 MAX_CLIP_S = 600.0  # an event still open after this long is closed (its end was lost)
 PRUNE_EVERY_S = 3600.0
+STALE_S = 1.0  # a newest frame older than the clip's start by this much: the camera is away
+LOW_SPACE = 1 << 20  # a clip that fails with less free space than this failed on a full disk
 Clip = dict[str, Any]
 
 
@@ -190,10 +195,9 @@ class AudioTrack:
 class VideoTrack:
     """Frames of the frame ring at a constant rate from `t0` into an MP4 through ffmpeg."""
 
-    def __init__(self, path: Path, t0: float, fps: float, shape: tuple[int, ...]) -> None:
-        encoder = video_encoder()
-        if encoder is None:
-            raise OSError("ffmpeg is not installed")
+    def __init__(
+        self, path: Path, t0: float, fps: float, shape: tuple[int, ...], encoder: list[str]
+    ) -> None:
         height, width = shape[0], shape[1]
         self.path, self.t0, self.fps = path, t0, fps
         self.count: int | None = None  # output frames in all, once the end is known
@@ -247,12 +251,17 @@ class VideoTrack:
         while self.written < target:
             self._emit(self._last)
 
-    def close(self, timeout: float = 30.0) -> float:
-        """Finish the file; its duration in seconds (OSError if ffmpeg failed)."""
+    def close(self, timeout: float = 30.0) -> float | None:
+        """Finish the file; its duration in seconds, None (and no file) when no frame fell in
+        the clip's span (OSError if ffmpeg failed)."""
         with contextlib.suppress(BrokenPipeError):
             self.finish()
+        if self.written == 0:
+            self.kill()
+            self.path.unlink(missing_ok=True)
+            return None
         _, err = self._proc.communicate(timeout=timeout)
-        if self._proc.returncode != 0 or self.written == 0:
+        if self._proc.returncode != 0:
             raise OSError(f"ffmpeg failed ({self._proc.returncode}): {err.decode()[-300:]}")
         if self.count is not None and 0 < self.count < self.written:
             self._trim(self.count, timeout)  # the end was decided after frames ran on
@@ -273,6 +282,9 @@ class VideoTrack:
         self.written = count
 
     def kill(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
         self._proc.kill()
         self._proc.wait(5)
 
@@ -294,6 +306,7 @@ class ClipStats:
     failed: int = 0
     lost_samples: int = 0
     padded_frames: int = 0
+    no_video: int = 0  # clips written without their MP4 (no ffmpeg)
     prune_failed: int = 0  # files the pruning could not delete (last prune)
     errors: int = 0  # unexpected errors the writer thread survived
     error: str = ""  # the last problem, for health
@@ -322,6 +335,7 @@ class ClipWriter:
         self._queue: queue.Queue[Event] = queue.Queue(config.queue)
         self._jobs: dict[str, Job] = {}
         self._prune_warned: set[Path] = set()
+        self._encoder: list[str] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clips", daemon=True)
 
@@ -344,6 +358,11 @@ class ClipWriter:
         except OSError as exc:
             log.error("cannot make the clip folder %s (%s): events will have no clips", self.folder,
                       exc.strerror)  # fmt: skip
+        if self.frames is not None:
+            self._encoder = video_encoder()
+            if self._encoder is None:
+                log.warning("ffmpeg is not installed: event clips are the WAV alone, without "
+                            "the camera's MP4 (install ffmpeg)")  # fmt: skip
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
@@ -416,19 +435,45 @@ class ClipWriter:
         key = re.sub(r"[^A-Za-z0-9]", "", event.key)[-8:]
         base = self.folder / f"{stamp}_{re.sub(r'[^A-Za-z0-9_-]', '', event.category)}_{key}"
         audio = video = None
-        try:
-            if self.audio is not None:
+        if self.audio is not None:
+            try:
                 audio = AudioTrack(base.with_suffix(".wav"), round(start_s * RATE))
-            latest = self.frames.latest() if self.frames is not None else None
-            if latest is not None:
-                video = VideoTrack(base.with_suffix(".mp4"), start_s, self.fps, latest[2].shape)
-        except (OSError, RuntimeError) as exc:
-            self.stats.failed += 1
-            log.error("cannot start the clip %s: %s", base.name, exc)
-            return
+            except (OSError, RuntimeError) as exc:
+                self._failed("cannot start the clip %s: %s", base.with_suffix(".wav"), exc)
+        latest = self.frames.latest() if self.frames is not None else None
+        if latest is not None and latest[1] < start_s - STALE_S:
+            latest = None  # the camera delivered nothing since before the clip: no picture
+            log.info("clip %s: no picture, the camera is offline", base.name)
+        if latest is not None and self._encoder is None:
+            self.stats.no_video += 1  # said at start
+        elif latest is not None and self._encoder is not None:
+            path = base.with_suffix(".mp4")
+            try:
+                video = VideoTrack(path, start_s, self.fps, latest[2].shape, self._encoder)
+            except OSError as exc:
+                self._failed("cannot start the clip %s: %s", path, exc)
         if audio is None and video is None:
             return
         self._jobs[event.key] = Job(event, start_s, audio, video)
+
+    def _reason(self, exc: BaseException) -> str:
+        """The error as the user needs it: a full disk says so (libsndfile: "System error.")."""
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            return f"no space left on {self.folder}"
+        try:
+            if shutil.disk_usage(self.folder).free < LOW_SPACE:
+                return f"no space left on {self.folder}"
+        except OSError:
+            pass
+        return str(exc)
+
+    def _failed(self, message: str, path: Path, exc: BaseException) -> None:
+        """Count and log a failed file and remove what of it was written."""
+        self.stats.failed += 1
+        self.stats.error = f"{path.name}: {self._reason(exc)}"
+        log.error(message, path.name, self._reason(exc))
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
     def _pump(self, final: bool) -> None:
         now = time.monotonic()
@@ -439,8 +484,7 @@ class ClipWriter:
                 if job.video is not None and self.frames is not None:
                     job.video.pump(self.frames)
             except Exception as exc:  # noqa: BLE001 (the job fails, the writer goes on)
-                log.error("clip of %s failed: %s", job.event.category, exc)
-                self._fail(key, job)
+                self._fail(key, job, exc)
                 continue
             tracks = [t for t in (job.audio, job.video) if t is not None]
             complete = all(t.done() for t in tracks)
@@ -448,14 +492,23 @@ class ClipWriter:
             if final or complete or late or now - job.opened > MAX_CLIP_S:
                 self._finish(key, job)
 
-    def _fail(self, key: str, job: Job) -> None:
+    def _fail(self, key: str, job: Job, exc: BaseException) -> None:
+        """The whole clip failed: nothing of it stays on disk; pruning may make room."""
         self.stats.failed += 1
+        self.stats.error = f"clip of {job.event.category}: {self._reason(exc)}"
+        log.error("clip of %s failed: %s", job.event.category, self._reason(exc))
         del self._jobs[key]
         if job.video is not None:
-            job.video.kill()
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                job.video.kill()
         if job.audio is not None:
             with contextlib.suppress(RuntimeError, OSError):
                 job.audio.close()
+        for track in (job.audio, job.video):
+            if track is not None:
+                with contextlib.suppress(OSError):
+                    track.path.unlink(missing_ok=True)
+        self._prune()
 
     def _finish(self, key: str, job: Job) -> None:
         del self._jobs[key]
@@ -467,8 +520,14 @@ class ClipWriter:
             try:
                 duration = track.close()
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                self.stats.failed += 1
-                log.error("the %s clip %s failed: %s", name, track.path.name, exc)
+                if isinstance(track, VideoTrack):
+                    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                        track.kill()
+                self._failed(f"the {name} clip %s failed: %s", track.path, exc)
+                continue
+            if duration is None:
+                log.info("clip %s: no picture, the camera delivered no frame in its span",
+                         track.path.name)  # fmt: skip
                 continue
             durations.append(duration)
             clip[name] = {
@@ -488,6 +547,7 @@ class ClipWriter:
         if job.video is not None:
             self.stats.padded_frames += job.video.padded
         if not durations:
+            self._prune()
             return
         clip["end_s"] = round(job.start_s + durations[0], 3)  # audio's when there is audio
         self.stats.written += 1
@@ -504,6 +564,7 @@ class ClipWriter:
             "clips_written": s.written,
             "clips_dropped": s.dropped,
             "clips_failed": s.failed,
+            "clips_no_video": s.no_video,
             "clips_active": len(self._jobs),
             "clips_queue": self._queue.qsize(),
             "clips_undeletable": s.prune_failed,

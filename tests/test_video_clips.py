@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -297,3 +298,138 @@ def test_a_file_the_pruning_cannot_delete_costs_no_clip(tmp_path: Path) -> None:
     assert "old_big.mp4" in str(health["clips_error"]), health
     assert old.exists()
     assert all(Path(c["audio"]["path"]).is_file() for c in clips)
+
+
+def open_fds() -> set[str]:
+    return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}  # fmt: skip
+
+
+def write_event(
+    writer: ClipWriter, ring: AudioRing, frames: FrameRing | None, start: float, end: float
+) -> None:
+    """Offer an event [start, end] while the rings get 0.1 s of data per step up to end + 1."""
+    t0 = ring.head / RATE
+    writer.offer(event("start", start, start))
+    for step in range(round((end + 1 - t0) * 10)):
+        t = t0 + step / 10
+        ring.write(np.full(1600, 0.1, np.float32))
+        if frames is not None:
+            frames.write(np.full((48, 64, 3), 100, np.uint8), t)
+        if abs(t - end) < 0.05:
+            writer.offer(event("end", start, end))
+        time.sleep(0.002)
+
+
+def test_without_ffmpeg_a_clip_is_the_wav_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No ffmpeg on PATH: said once at start; each clip is its WAV (no clip at all before),
+    counted as without video; no empty WAV left over and no file left open."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    ring, frames = AudioRing(RATE * 10), FrameRing(30, (48, 64, 3))
+    clips: list[dict[str, Any]] = []
+    folder = tmp_path / "clips"
+    writer = ClipWriter(
+        ClipsConfig(pre_s=0.5, post_s=0.5), folder, lambda e, c: clips.append(c), audio=ring,
+        frames=frames, fps=10.0,
+    )  # fmt: skip
+    frames.write(np.zeros((48, 64, 3), np.uint8), 0.0)
+    before = open_fds()
+    with caplog.at_level(logging.WARNING, logger="edge.clips"):
+        writer.start()
+        try:
+            write_event(writer, ring, frames, 1.0, 2.0)
+            wait_for(lambda: clips, 20, "no clip")
+        finally:
+            writer.stop(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "ffmpeg is not installed" in warnings[0]
+    assert "video" not in clips[0]
+    assert soundfile.info(clips[0]["audio"]["path"]).frames == 2 * RATE
+    health = writer.health()
+    assert (health["clips_written"], health["clips_failed"], health["clips_no_video"]) == (1, 0, 1)
+    assert [p.suffix for p in folder.iterdir()] == [".wav"]
+    assert open_fds() <= before
+
+
+def test_a_camera_offline_during_an_audio_event_gives_no_broken_mp4(tmp_path: Path) -> None:
+    """The ring holds only frames from long before the clip (the camera went away): the clip is
+    the WAV alone, without an ERROR, a failure count or a frameless MP4 left on disk."""
+    ring, frames = AudioRing(RATE * 20), FrameRing(30, (48, 64, 3))
+    frames.write(np.zeros((48, 64, 3), np.uint8), 0.5)  # the last frame, then the camera left
+    clips: list[dict[str, Any]] = []
+    folder = tmp_path / "clips"
+    writer = ClipWriter(
+        ClipsConfig(pre_s=1.0, post_s=0.5), folder, lambda e, c: clips.append(c), audio=ring,
+        frames=frames, fps=10.0,
+    )  # fmt: skip
+    writer.start()
+    try:
+        ring.write(np.zeros(RATE * 6, np.float32))
+        write_event(writer, ring, None, 7.0, 8.0)
+        wait_for(lambda: clips, 20, "no clip")
+    finally:
+        writer.stop(10)
+    assert "video" not in clips[0], clips
+    assert writer.stats.failed == 0
+    assert [p.suffix for p in folder.iterdir()] == [".wav"]
+
+
+FULL_DISK = """
+import json, logging, sys, time
+from pathlib import Path
+import numpy as np
+from edge.clips import RATE, ClipWriter
+from edge.ring import AudioRing
+from edge.videoconfig import ClipsConfig
+from tests.test_video_clips import event, write_event
+from dataclasses import replace
+
+logging.basicConfig(level=logging.INFO)
+folder = Path(sys.argv[1])
+ring = AudioRing(RATE * 40)
+clips = []
+writer = ClipWriter(ClipsConfig(pre_s=0.5, post_s=0.5), folder, lambda e, c: clips.append(c),
+                    audio=ring)
+writer.start()
+write_event(writer, ring, None, 1.0, 21.0)  # 21 s of WAV: 670 kB on a 400 kB disk
+deadline = time.monotonic() + 20
+while not writer.stats.failed and time.monotonic() < deadline:
+    time.sleep(0.05)
+left = sorted(p.name for p in folder.iterdir())
+writer.offer = lambda e, offer=writer.offer: offer(replace(e, key="k2"))
+write_event(writer, ring, None, ring.head / RATE + 0.5, ring.head / RATE + 3.5)  # 4.5 s: fits
+while not clips and time.monotonic() < deadline + 20:
+    time.sleep(0.05)
+writer.stop(10)
+print(json.dumps({"left": left, "clips": clips, "health": writer.health()}))
+"""
+
+
+def test_a_full_disk_says_so_and_leaves_no_partial_clip(tmp_path: Path) -> None:
+    """A clip folder on a 400 kB tmpfs (a private mount namespace): the clip that does not fit
+    fails with "no space left on <folder>" (not libsndfile's "System error."), its partial
+    file is removed, so the next, smaller clip fits."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c",
+         f"mount -t tmpfs -o size=400k tmpfs {folder} && exec {ROOT}/.venv/bin/python {script} "
+         f"{folder}"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert f"no space left on {folder}" in run.stderr, run.stderr[-3000:]
+    assert "System error" not in run.stderr
+    assert out["left"] == [], out  # the partial WAV is gone
+    assert out["health"]["clips_failed"] == 1, out
+    assert len(out["clips"]) == 1, out
+    assert out["clips"][0]["audio"]["duration_s"] >= 3.9, out
