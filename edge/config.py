@@ -56,8 +56,9 @@ class AudioConfig(BaseModel):
     model_config = _FORBID
     source: str = Field(
         "default",
-        description='"default" mic | "alsa:NAME" | "pulse:NAME" | "file:/path" (replayed at '
-        'real-time speed) | "none".',
+        description='"default" mic | "alsa:NAME" | "pulse:NAME" (a desktop session\'s sound '
+        'server, not reachable from the system service) | "file:/path" (replayed at real-time '
+        'speed) | "none".',
     )
     sample_rate: int | None = Field(
         None, ge=8000, le=192000, description="Capture rate; null: the device's native rate."
