@@ -137,6 +137,8 @@ class Daemon:
                 from edge.preview import PreviewServer
 
                 self.preview = PreviewServer(config.video.preview, self.video.ring)
+        elif config.video.preview.enabled:
+            log.warning("video.preview is on but video.source is none: there is no preview")
         audio = config.audio
         self.source: AudioSource | None = open_source(audio, self.ring, hop_samples(config))
         if self.clips is not None:
@@ -169,9 +171,10 @@ class Daemon:
         capture = self.source.stats if self.source else None
         stats = self.detector.stats
         waiting = f" ({capture.error})" if capture and capture.state == "retrying" else ""
+        camera = f"camera {self.video.camera.stats.state}, " if self.video is not None else ""
         return (
-            f"capture {capture.state if capture else 'none'}{waiting}, {stats.windows} windows, "
-            f"{self.worker.events} events, outbox {self.outbox.depth()}"
+            f"capture {capture.state if capture else 'none'}{waiting}, {camera}"
+            f"{stats.windows} windows, {self.worker.events} events, outbox {self.outbox.depth()}"
         )
 
     def _on_event(self, event: Event) -> None:

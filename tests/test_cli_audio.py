@@ -471,3 +471,14 @@ def test_a_storage_dir_that_cannot_be_written_is_one_line(config: Path, tmp_path
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr
         assert f"storage.dir {tmp_path / 'a-file' / 'state'}: cannot write there" in result.stderr
+
+
+def test_a_preview_without_a_camera_is_said(config: Path, tmp_path: Path) -> None:
+    """video.preview on with no camera was ignored without a word."""
+    quiet = tmp_path / "quiet.wav"
+    soundfile.write(quiet, np.zeros(16000, np.float32), 16000)
+    with_source(config, quiet)
+    config.write_text(config.read_text() + "video: {preview: {enabled: true}}\n")
+    result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "video.preview is on but video.source is none: there is no preview" in result.stderr
