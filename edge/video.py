@@ -284,6 +284,13 @@ class VideoAnalyzer:
             self._key = uuid.uuid4().hex
         return [self._event(tr.phase, tr.start_s, tr.at_s, tr.end_s, tr.score, tr.peak)]
 
+    def gap(self, at_s: float) -> list[Event]:
+        """No frames since the last one (the camera is away): an active event ends at `at_s`,
+        and the next frames start a fresh window (no motion or features across the gap)."""
+        self.features.reset()
+        self._prev_gate = None
+        return self.flush(at_s)
+
     def flush(self, at_s: float) -> list[Event]:
         tr = self.smoother.finish(at_s)
         if tr is None:

@@ -127,8 +127,10 @@ class VideoWorker:
 
     def _run(self) -> None:
         period = 1.0 / self.video.fps
+        stale_s = max(self.video.smoothing.hold_s, 2 * period)
         stats = self.analyzer.stats
         last_index, last_t, due = -1, 0.0, time.monotonic()
+        fresh_at, away = time.monotonic(), False
         warned_at, skipped_then = -self.WARN_EVERY_S, 0
         while not self._stop.wait(max(0.0, due - time.monotonic())):
             late = time.monotonic() - due
@@ -142,7 +144,17 @@ class VideoWorker:
             due += period
             newest = self.ring.latest()
             if newest is None or newest[0] == last_index:
+                # no new frame: the camera is away (stalled, reconnecting, ended). Time goes on
+                # for the event: it ends once no frame came for the hold (or the camera left
+                # `running`), so that it is not kept open, nor fused, with nothing seen.
+                gone = time.monotonic() - fresh_at
+                state = self.camera.stats.state
+                if newest is not None and not away and (gone >= stale_s or state != "running"):
+                    away = True
+                    at = last_t if state == "ended" else last_t + gone
+                    self._deliver(self.analyzer.gap(at))
                 continue
+            fresh_at, away = time.monotonic(), False
             last_index, last_t, frame = newest
             began = time.perf_counter()
             events = self.analyzer.process(frame, last_t)
@@ -165,6 +177,7 @@ class VideoWorker:
         s, cam = self.analyzer.stats, self.camera.stats
         return {
             "video_capture": cam.state,
+            "video_error": cam.error,
             "video_frames": cam.frames,
             "video_dropped": cam.dropped,
             "video_reopens": cam.reopens,

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from edge.camera import CameraSource, FrameRing
-from tests.helpers import VIDEO_DEV, free_port, require_shared, wait_port
+from edge.events import Event
+from edge.fusion import FusionSink
+from edge.videoconfig import VideoConfig
+from edge.videopipe import VideoWorker
+from tests.helpers import VIDEO_DEV, free_port, require_models, require_shared, wait_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = """
@@ -47,6 +51,14 @@ GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, loop.quit)
 print("ready", flush=True)
 loop.run()
 """
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def submit(self, event: Event) -> None:
+        self.events.append(event)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -166,3 +178,38 @@ def test_rtsp_camera_reconnects_and_resumes(loopback: Loopback) -> None:
         camera.stop(timeout=10)
     assert camera.ended.is_set()
     assert stats.state == "stopped"
+
+
+def test_a_violence_event_ends_when_the_camera_stops_delivering(
+    loopback: Loopback, tmp_path: Path
+) -> None:
+    """A fight is seen over RTSP, then the camera's encoder goes away (the RTSP session stays
+    open, so the capture still says `running`): the event ends within the hold instead of
+    staying open until the camera is back, and a scream after that is not fused with it."""
+    models = require_models()
+    out = Collected()
+    fusion = FusionSink(out, window_s=3.0, severity="critical")
+    video = VideoConfig(source=loopback.url, retry_max_s=2)
+    worker = VideoWorker(video, models, fusion, origin_wall=time.time())
+    worker.start()
+    try:
+        wait_until(lambda: any(e.phase == "start" for e in out.events), 60, "no violence")
+        loopback.stop_pusher()
+        gone = time.monotonic()
+        waited = wait_until(lambda: out.events[-1].phase == "end", 15, "the event stayed open")
+        assert waited < video.smoothing.hold_s + 2.5
+        time.sleep(video.smoothing.hold_s + 3.5)  # the fusion window after the end
+        now = time.time()
+        scream = Event(
+            phase="start", key="a", category="scream", severity="warning", score=0.9,
+            peak_score=0.9, start_s=0.0, at_s=0.5, end_s=0.5, wall_start=now - 0.5, wall_at=now,
+            modalities=("audio",),
+        )  # fmt: skip
+        fusion.submit(scream)
+    finally:
+        worker.stop(10)
+    assert out.events[-1].severity == "warning"
+    assert out.events[-1].modalities == ("audio",)
+    assert fusion.fused == 0
+    assert worker.health()["video_capture"] == "stopped"
+    assert time.monotonic() - gone < 30
