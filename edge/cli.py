@@ -96,6 +96,21 @@ def _fallback_channels(config: Config) -> list[str]:
     return [channel.name for channel in channels]
 
 
+def _check_preview(config: Config) -> None:
+    """The preview's password is set and its address can be bound (ConfigError otherwise); a
+    port in use is only a warning: the running daemon holds it."""
+    from edge.camera import FrameRing
+    from edge.preview import PortInUse, PreviewServer
+
+    preview = config.video.preview
+    try:
+        PreviewServer(preview, FrameRing(1, (2, 2, 3))).stop()
+    except PortInUse as exc:
+        print(f"preview: warning: {exc} (if it is the running safeguard, that is fine)")
+        return
+    print(f"preview: ok (password set, {preview.host}:{preview.port} can be bound)")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from edge.pipeline import build_detector, load_yamnet
 
@@ -131,6 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
             open_capture(config.video.source).release()
             print(f"video source: ok ({config.video.source} opens)")
+        if config.video.preview.enabled:  # its password and its port, as `run` needs them
+            _check_preview(config)
     print(f"broker: ok ({_reach_broker(config)})")
     for name in _fallback_channels(config):
         print(f"{name}: ok (enabled, its secrets are set)")

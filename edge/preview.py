@@ -11,12 +11,15 @@ proxy in front of it. Readers only copy the newest frame: capture never waits fo
 from __future__ import annotations
 
 import base64
+import errno
 import hmac
 import logging
+import socket
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import cv2
 
@@ -28,6 +31,34 @@ from edge.videoconfig import PreviewConfig
 log = logging.getLogger(__name__)
 BOUNDARY = "safeguardframe"
 SECRET_NAME = "preview_password"  # noqa: S105 (the name of the secret, not its value)
+
+
+class PortInUse(ConfigError):
+    """video.preview.port is taken (by another program, or by a running safeguard)."""
+
+
+def listen(config: PreviewConfig, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """The preview's HTTP server bound to video.preview.host:port; a one-line error naming the
+    key when it cannot be (the port is in use, the host is not an address of this machine)."""
+    where = f"{config.host}:{config.port}"
+    try:
+        return ThreadingHTTPServer((config.host, config.port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"video.preview.port: {where} is in use by another program: choose another port"
+            ) from None
+        if exc.errno in {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT} or isinstance(
+            exc, socket.gaierror
+        ):
+            raise ConfigError(
+                f"video.preview.host: {config.host} is not an address of this machine "
+                f"({exc.strerror or exc}): use 127.0.0.1, 0.0.0.0 or one of its own addresses"
+            ) from None
+        raise ConfigError(
+            f"video.preview: cannot listen on {where}: {exc.strerror or exc}"
+            + (" (ports below 1024 need privileges)" if exc.errno == errno.EACCES else "")
+        ) from None
 
 
 class PreviewServer:
@@ -46,7 +77,7 @@ class PreviewServer:
         self._stop = threading.Event()
         token = base64.b64encode(f"{config.user}:{password}".encode()).decode()
         self._expected = f"Basic {token}".encode()
-        self._httpd = ThreadingHTTPServer((config.host, config.port), self._handler())
+        self._httpd = listen(config, self._handler())
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
@@ -59,7 +90,8 @@ class PreviewServer:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        self._httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever that never ran
+            self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout)
 
@@ -102,9 +134,10 @@ class PreviewServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if self.path == "/snapshot.jpg":
+                path = urlsplit(self.path).path  # `?t=...`: a cache-busting query
+                if path == "/snapshot.jpg":
                     self._snapshot()
-                elif self.path in ("/", "/stream.mjpg"):
+                elif path in ("/", "/stream.mjpg"):
                     self._stream()
                 else:
                     self.send_error(HTTPStatus.NOT_FOUND)

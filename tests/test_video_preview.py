@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
+import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +21,7 @@ from edge.config import parse_config
 from edge.errors import ConfigError
 from edge.preview import BOUNDARY, PreviewServer
 from edge.videoconfig import PreviewConfig
+from tests.helpers import ROOT, VIDEO_DEV, require_models, require_shared
 
 PASSWORD = "correct horse battery"
 
@@ -116,3 +121,58 @@ def test_preview_is_off_by_default_and_refuses_to_start_without_a_password(
         conn.close()
     finally:
         server.stop()
+
+
+def test_snapshot_takes_a_cache_busting_query(preview: PreviewServer) -> None:
+    conn, response = get(preview, "/snapshot.jpg?t=1700000000", auth("safeguard", PASSWORD))
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "image/jpeg"
+    conn.close()
+
+
+def safeguard(command: str, tmp_path: Path, preview: str, password: bool) -> tuple[int, str]:
+    clip = require_shared(VIDEO_DEV / "clips" / "nofi002.mp4")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"models: {{dir: {require_models()}}}\nstorage: {{dir: {tmp_path}}}\n"
+        "audio: {source: none}\n"
+        f"video: {{source: 'file:{clip}', preview: {{enabled: true, {preview}}}}}\n"
+        "mqtt: {host: 127.0.0.1, port: 9}\n"
+    )
+    secrets = {"CREDENTIALS_DIRECTORY", "SAFEGUARD_PREVIEW_PASSWORD"}
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    if password:
+        env["SAFEGUARD_PREVIEW_PASSWORD"] = PASSWORD
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/safeguard"), command, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_a_preview_port_in_use_or_a_foreign_host_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = safeguard("run", tmp_path, f"port: {port}", password=True)
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    assert f"video.preview.port: 127.0.0.1:{port} is in use" in out, out
+    code, out = safeguard("run", tmp_path, "port: 0, host: 192.0.2.55", password=True)
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    assert "video.preview.host: 192.0.2.55 is not an address of this machine" in out, out
+
+
+def test_check_fails_on_a_preview_without_password_or_with_a_foreign_host(
+    tmp_path: Path,
+) -> None:
+    """`check` said ok to both, and `run` then refused to start."""
+    code, out = safeguard("check", tmp_path, "port: 0", password=False)
+    assert code == 1, out
+    assert "SAFEGUARD_PREVIEW_PASSWORD" in out, out
+    assert "broker" not in out, out  # it stopped at the preview
+    code, out = safeguard("check", tmp_path, "port: 0, host: 192.0.2.55", password=True)
+    assert code == 1, out
+    assert "video.preview.host" in out, out
