@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from listener.state import State
-from listener.store import AlertFilter
+from listener.store import AlertFilter, one_line
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DB_WAIT_S = 10.0  # an API call that needs the database answers 503 after this long
+HEALTH_WAIT_S = 2.0  # /healthz says database: false after this long
+DB_THREADS = 8  # threads the API may hold in the database; a frozen server holds them all
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer in time."""
+
+
+async def db(state: State, fn: Callable[..., T], *args: Any, wait: float = DB_WAIT_S) -> T:
+    """`fn(*args)` in a worker thread of the API's own database pool, or DatabaseUnavailable
+    after `wait` s. The server's other threads (static files, metrics) stay free whatever the
+    database does; a call that never returns keeps only its own thread."""
+    if state.db_limiter is None:
+        state.db_limiter = anyio.CapacityLimiter(DB_THREADS)
+    try:
+        with anyio.fail_after(wait):
+            return await anyio.to_thread.run_sync(
+                fn, *args, limiter=state.db_limiter, abandon_on_cancel=True
+            )
+    except TimeoutError:
+        raise DatabaseUnavailable(f"the database did not answer within {wait:g} s") from None
+
 
 NO_NUL = r"^[^\x00]*$"
 CLIP_TYPES = ("audio/wav", "audio/x-wav", "audio/flac", "audio/mpeg", "video/mp4", "video/webm")
@@ -126,15 +154,21 @@ _404: dict[int | str, dict[str, Any]] = {
 
 
 @public.get("/healthz", response_model=Health, tags=["ops"])
-def healthz(state: StateDep) -> Health:
-    """Liveness and readiness, without a token."""
+async def healthz(state: StateDep) -> Health:
+    """Liveness and readiness, without a token: the database must answer (within 2 s) and
+    accept writes."""
     mqtt_ok = state.ingest.connected.is_set()
     try:
-        state.store.count_alerts()
-        db_ok = True
-    except Exception:  # reported, not raised: this endpoint says what is wrong
-        log.warning("database check failed", exc_info=True)
-        db_ok = False
+        await db(state, state.store.check_writable, wait=HEALTH_WAIT_S)
+        db_ok, why = True, ""
+    except (SQLAlchemyError, DatabaseUnavailable) as exc:  # reported: it says what is wrong
+        db_ok, why = False, one_line(exc)
+    if db_ok != state.db_ok:  # said when it changes, not on every probe
+        if db_ok:
+            log.info("database check passes again")
+        else:
+            log.warning("database check failed: %s", why)
+        state.db_ok = db_ok
     return Health(status="ok" if mqtt_ok and db_ok else "degraded", mqtt=mqtt_ok, database=db_ok)
 
 
@@ -150,7 +184,7 @@ def metrics(state: StateDep) -> Response:
     responses={400: {"description": "since without a time zone"}},
     tags=["alerts"],
 )
-def list_alerts(
+async def list_alerts(
     state: StateDep,
     *,
     device: Text64 = None,
@@ -165,13 +199,13 @@ def list_alerts(
     if since is not None and since.tzinfo is None:
         raise HTTPException(400, "since needs a time zone (e.g. Z)")
     where = AlertFilter(device, category, severity, status, since)
-    return state.store.list_alerts(where, limit, offset)
+    return await db(state, state.store.list_alerts, where, limit, offset)
 
 
 @router.get("/api/devices", response_model=list[DeviceOut], tags=["devices"])
-def list_devices(state: StateDep) -> list[dict[str, Any]]:
+async def list_devices(state: StateDep) -> list[dict[str, Any]]:
     """Every device seen, with its last status and health."""
-    return state.store.list_devices()
+    return await db(state, state.store.list_devices)
 
 
 _CLIP_BODY = {
@@ -213,10 +247,10 @@ async def upload_clip(
             raise HTTPException(413, f"clip larger than {limit} bytes")
     if not data:
         raise HTTPException(400, "empty clip")
-    key = state.store.put_clip(alert_id, device, content_type, bytes(data))
+    key = await db(state, state.store.put_clip, alert_id, device, content_type, bytes(data))
     if key is None:
         raise HTTPException(404, "no such alert")
-    alert = state.store.get_alert(alert_id, key[0])
+    alert = await db(state, state.store.get_alert, alert_id, key[0])
     if alert is not None:
         state.hub.publish("update", alert)
     return Response(status_code=204)
@@ -228,26 +262,26 @@ async def upload_clip(
     responses={**_404, 200: {"content": {t: {} for t in CLIP_TYPES}}},
     tags=["clips"],
 )
-def download_clip(state: StateDep, alert_id: AlertId, device: DeviceOf = None) -> Response:
-    clip = state.store.get_clip(alert_id, device)
+async def download_clip(state: StateDep, alert_id: AlertId, device: DeviceOf = None) -> Response:
+    clip = await db(state, state.store.get_clip, alert_id, device)
     if clip is None:
         raise HTTPException(404, "no clip for this alert")
     return Response(clip[1], media_type=clip[0])
 
 
 @router.get("/api/alerts/{alert_id:path}", response_model=AlertOut, responses=_404, tags=["alerts"])
-def get_alert(state: StateDep, alert_id: AlertId, device: DeviceOf = None) -> dict[str, Any]:
+async def get_alert(state: StateDep, alert_id: AlertId, device: DeviceOf = None) -> dict[str, Any]:
     """One alert."""
-    alert = state.store.get_alert(alert_id, device)
+    alert = await db(state, state.store.get_alert, alert_id, device)
     if alert is None:
         raise HTTPException(404, "no such alert")
     return alert
 
 
-def _mark(
+async def _mark(
     state: State, alert_id: str, device: str | None, action: str, body: Mark
 ) -> dict[str, Any]:
-    alert = state.store.mark(alert_id, device, action, body.by, body.note)
+    alert = await db(state, state.store.mark, alert_id, device, action, body.by, body.note)
     if alert is None:
         raise HTTPException(404, "no such alert")
     state.hub.publish("update", alert)
@@ -257,21 +291,21 @@ def _mark(
 @router.post(
     "/api/alerts/{alert_id:path}/ack", response_model=AlertOut, responses=_404, tags=["alerts"]
 )
-def acknowledge(
+async def acknowledge(
     state: StateDep, alert_id: AlertId, body: Mark, device: DeviceOf = None
 ) -> dict[str, Any]:
     """A person saw the alert (the first acknowledgement is kept)."""
-    return _mark(state, alert_id, device, "ack", body)
+    return await _mark(state, alert_id, device, "ack", body)
 
 
 @router.post(
     "/api/alerts/{alert_id:path}/resolve", response_model=AlertOut, responses=_404, tags=["alerts"]
 )
-def resolve(
+async def resolve(
     state: StateDep, alert_id: AlertId, body: Mark, device: DeviceOf = None
 ) -> dict[str, Any]:
     """The situation is dealt with."""
-    return _mark(state, alert_id, device, "resolve", body)
+    return await _mark(state, alert_id, device, "resolve", body)
 
 
 @router.get("/api/live", tags=["alerts"], response_class=StreamingResponse)

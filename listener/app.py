@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from listener import api
@@ -23,19 +24,20 @@ from listener.ingest import Ingest
 from listener.live import LiveHub
 from listener.metrics import Metrics
 from listener.state import State
-from listener.store import AmbiguousAlert, Store, fresh_alert
+from listener.store import AmbiguousAlert, Store, fresh_alert, one_line
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 
 
-def build_state(cfg: ListenerConfig, token: str) -> State:
-    """A migrated store, metrics, live hub and (not yet started) ingest."""
+def build_state(cfg: ListenerConfig, token: str, *, wait_for_database: bool = False) -> State:
+    """A migrated store, metrics, live hub and (not yet started) ingest; with
+    `wait_for_database`, a database that cannot be reached yet is waited for."""
     if not token:
         raise ValueError("an API token is required")
     store = Store(cfg.database.url)
-    store.migrate()
+    store.migrate(wait=wait_for_database)
     metrics = Metrics()
     hub = LiveHub(metrics)
 
@@ -136,7 +138,15 @@ def create_app(state: State, *, start_ingest: bool = True) -> FastAPI:
         devices = exc.devices if isinstance(exc, AmbiguousAlert) else []
         return JSONResponse({"detail": f"{exc}: add ?device=", "devices": devices}, 409)
 
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning(
+            "%s %s: database unavailable: %s", request.method, request.url.path, one_line(exc)
+        )
+        return JSONResponse({"detail": "database unavailable"}, 503, {"Retry-After": "5"})
+
     app.add_exception_handler(AmbiguousAlert, ambiguous)
+    app.add_exception_handler(SQLAlchemyError, unavailable)
+    app.add_exception_handler(api.DatabaseUnavailable, unavailable)
     app.include_router(api.public)
     app.include_router(api.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")

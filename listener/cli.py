@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not args.check:  # --check may run beside the running service
             sockets = listen_sockets(cfg.http.host, cfg.http.port)
-        state = build_state(cfg, token)
+        state = build_state(cfg, token, wait_for_database=not args.check)
     except (ConfigError, ListenError, StoreError) as exc:
         for sock in sockets:
             sock.close()

@@ -26,12 +26,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from listener.checks import Rejected, check_alert, check_health, check_status, topic_device
 from listener.config import ListenerConfig, read_secret
 from listener.metrics import Metrics
-from listener.store import Key, Store, key_of, utcnow
+from listener.store import Key, Store, is_transient, key_of, one_line, utcnow
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 30  # longest wait between attempts to reach the broker, seconds
@@ -67,8 +67,12 @@ class Ingest:
         self.on_device = on_device
         self.prefix = cfg.mqtt.prefix
         self._queue: queue.Queue[Pending] = queue.Queue(maxsize=4 * cfg.database.batch_size + 1000)
+        # status, health and peer acks: handled off the network thread (a slow database must
+        # not stop the MQTT keepalives); beyond this many waiting, they are dropped and counted
+        self._device_queue: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=2000)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._device_worker: threading.Thread | None = None
         self.connected = threading.Event()
         client_id = cfg.mqtt.client_id or f"safeguard-listener-{socket.gethostname()}-{os.getpid()}"
         self._client_id = (
@@ -103,6 +107,10 @@ class Ingest:
         self._stop.clear()
         self._worker = threading.Thread(target=self._store_loop, name="listener-store", daemon=True)
         self._worker.start()
+        self._device_worker = threading.Thread(
+            target=self._device_loop, name="listener-devices", daemon=True
+        )
+        self._device_worker.start()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: untyped
         props.ReceiveMaximum = self.cfg.mqtt.receive_maximum
         self.client.connect_async(
@@ -112,9 +120,10 @@ class Ingest:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout)
-            self._worker = None
+        for worker in (self._worker, self._device_worker):
+            if worker is not None:
+                worker.join(timeout)
+        self._worker = self._device_worker = None
         self.client.disconnect()
         self.client.loop_stop()
         self.client.reinitialise()  # closes paho's wake-up socket pair (else only its finaliser)
@@ -162,13 +171,13 @@ class Ingest:
 
     def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self.handle(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+            self.handle(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
         except Exception:  # a bug must not kill the network thread
             log.exception("unexpected error handling a message on %s", msg.topic[:200])
             self.metrics.count("failed")
             client.ack(msg.mid, msg.qos)
 
-    def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def handle(self, topic: str, payload: bytes, mid: int, qos: int, retain: bool = False) -> None:
         """Route one message; alerts go to the store queue, everything else is acked here."""
         if topic.endswith("/alert"):
             try:
@@ -181,11 +190,25 @@ class Ingest:
             self._enqueue(Pending(alert, mid, qos))
             return
         try:
-            self._device_message(topic, payload)
+            self._device_queue.put_nowait((topic, payload, retain))
+        except queue.Full:
+            kind = topic.rpartition("/")[2][:16]
+            self.metrics.device_messages.labels(kind=kind, outcome="dropped").inc()
         finally:
             self.client.ack(mid, qos)
 
-    def _device_message(self, topic: str, payload: bytes) -> None:
+    def _device_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                topic, payload, retain = self._device_queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._device_message(topic, payload, retain)
+            except Exception:  # a bug must not end the thread
+                log.exception("unexpected error handling a message on %s", topic[:200])
+
+    def _device_message(self, topic: str, payload: bytes, retain: bool) -> None:
         if topic.endswith("/ack"):
             if self.on_peer_ack is not None and len(payload) < 1024:
                 try:
@@ -195,7 +218,10 @@ class Ingest:
                     ack_id = None
                 device = topic_device(topic, self.prefix, "ack")
                 if isinstance(ack_id, str) and device is not None:
-                    self.on_peer_ack(device, ack_id)
+                    try:
+                        self.on_peer_ack(device, ack_id)
+                    except SQLAlchemyError as exc:  # the live view misses it; nothing is lost
+                        log.debug("cannot announce %s/%s: %s", device, ack_id, exc)
             return
         for kind in ("status", "health"):
             device = topic_device(topic, self.prefix, kind)
@@ -203,23 +229,19 @@ class Ingest:
                 continue
             try:
                 if kind == "status":
-                    fields: dict[str, Any] = {
-                        "status": check_status(payload),
-                        "status_at": utcnow(),
-                    }
+                    value: Any = check_status(payload)
                 else:
-                    limit = self.cfg.mqtt.max_message_bytes
-                    fields = {"health": check_health(payload, limit), "health_at": utcnow()}
-                self.store.set_device(device[:64], **fields)
+                    value = check_health(payload, self.cfg.mqtt.max_message_bytes)
+                changed = self.store.device_message(device[:64], kind, value, retain)
             except Rejected as exc:
                 self.metrics.device_messages.labels(kind=kind, outcome=exc.reason).inc()
                 return
             except SQLAlchemyError as exc:
                 self.metrics.device_messages.labels(kind=kind, outcome="failed").inc()
-                log.warning("cannot store the %s of %s: %s", kind, device[:64], exc)
+                log.warning("cannot store the %s of %s: %s", kind, device[:64], one_line(exc))
                 return
             self.metrics.device_messages.labels(kind=kind, outcome="stored").inc()
-            if self.on_device is not None:
+            if changed and self.on_device is not None:
                 self.on_device(device)
 
     def _enqueue(self, item: Pending) -> None:
@@ -265,25 +287,28 @@ class Ingest:
             try:
                 with self.metrics.store_seconds.time():
                     new = self.store.store_alerts([p.alert for p in batch], received)
-            except OperationalError as exc:
+            except SQLAlchemyError as exc:
                 self.metrics.store_errors.inc()
+                if not is_transient(exc):
+                    self._refused(batch, exc)
+                    return
                 attempt += 1
                 delay = random.uniform(0, 1.5 ** min(10, attempt))
-                log.warning("database unavailable (%s); retrying in %.1f s", exc.orig, delay)
+                log.warning("database unavailable (%s); retrying in %.1f s", one_line(exc), delay)
                 self._stop.wait(delay)
                 continue
-            except SQLAlchemyError:
-                self.metrics.store_errors.inc()
-                if len(batch) == 1:
-                    log.exception("cannot store alert %s; dropping it", batch[0].alert["id"])
-                    self.metrics.count("failed")
-                    self.client.ack(batch[0].mid, batch[0].qos)
-                    return
-                for single in batch:  # isolate the message the database refuses
-                    self._store_batch([single])
-                return
             self._after_store(batch, new, received)
             return
+
+    def _refused(self, batch: list[Pending], exc: SQLAlchemyError) -> None:
+        """The database refuses the batch itself: find (and drop) the message it refuses."""
+        if len(batch) == 1:
+            log.error("cannot store alert %s; dropping it", batch[0].alert["id"], exc_info=exc)
+            self.metrics.count("failed")
+            self.client.ack(batch[0].mid, batch[0].qos)
+            return
+        for single in batch:
+            self._store_batch([single])
 
     def _after_store(self, batch: list[Pending], new: set[Key], received: datetime) -> None:
         fresh: list[dict[str, Any]] = []

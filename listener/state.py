@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
+
 from listener.config import ListenerConfig
 from listener.ingest import Ingest
 from listener.live import LiveHub
@@ -19,3 +21,5 @@ class State:
     hub: LiveHub
     ingest: Ingest
     token: str
+    db_limiter: anyio.CapacityLimiter | None = None  # the API's database threads (api.db)
+    db_ok: bool = True  # the last /healthz database check (its changes are logged)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,10 +15,11 @@ from typing import Any, TypeGuard
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event, false, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from listener.models import alerts, clips, devices
 
@@ -37,6 +40,22 @@ ON CONFLICT (device_id, id) DO NOTHING RETURNING device_id, id
 """
 
 Key = tuple[str, str]  # (device_id, id): what identifies one stored alert
+
+
+# PostgreSQL: a server that stops answering must not hold a thread for ever. libpq's connect
+# timeout and TCP keepalives/user timeout end a dead connection; the server ends a statement
+# or lock wait that takes too long. What the URL sets itself is kept.
+_PG_CONNECT: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+    "options": "-c statement_timeout=15000 -c lock_timeout=10000"
+    " -c idle_in_transaction_session_timeout=60000",
+}
+POOL_TIMEOUT_S = 5  # waiting for a pooled connection
 
 
 class StoreError(Exception):
@@ -101,6 +120,27 @@ def public_url(url: str) -> str:
     return shown.render_as_string(hide_password=False)
 
 
+# SQLSTATE classes of a database that cannot take the write now but may soon: connection
+# (08), transaction rollback e.g. serialization (40), resources (53), operator intervention
+# e.g. shutdown (57), and 25006 (read-only: a replica, failover, default_transaction_read_only)
+_TRANSIENT = ("08", "40", "53", "57", "25006")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An outage to wait out (and retry), not a message the database refuses for good."""
+    if isinstance(exc, (OperationalError, PoolTimeout)):
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    return sqlstate.startswith(_TRANSIENT)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of the driver's message (psycopg's span several lines)."""
+    reason = getattr(exc, "orig", None) or exc  # a DBAPIError wraps the driver's exception
+    lines = str(reason).strip().splitlines() or [type(reason).__name__]
+    return lines[0]
+
+
 def _db_error(url: str, doing: str, exc: Exception) -> StoreError:
     """One line: the URL without its password and the first line of the driver's message."""
     reason = getattr(exc, "orig", None) or exc  # a DBAPIError wraps the driver's exception
@@ -126,20 +166,48 @@ class Store:
                     f"database.url {url}: cannot create {folder}: {exc.strerror}; "
                     "choose a writable path (sqlite:////abs/path.db or sqlite:///rel/path.db)"
                 ) from None
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if sa_url.get_backend_name() == "postgresql":
+            connect = {k: v for k, v in _PG_CONNECT.items() if k not in sa_url.query}
+            options.update(connect_args=connect, pool_timeout=POOL_TIMEOUT_S)
         try:
-            self.engine: Engine = create_engine(sa_url, pool_pre_ping=True)
+            self.engine: Engine = create_engine(sa_url, **options)
         except (SQLAlchemyError, ImportError) as exc:  # e.g. an unknown or missing driver
             raise _db_error(url, "", exc) from exc
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision (safe to run from several instances)."""
+    def migrate(self, wait: bool = False) -> None:
+        """Bring the schema to the newest revision (safe to run from several instances).
+
+        With `wait`, a database that cannot be reached yet (booting, in maintenance, across a
+        partition) is tried again with backoff until it answers, said once per streak."""
+        attempt = 0
+        while True:
+            try:
+                self._migrate()
+            except StoreError as exc:
+                if not (wait and is_transient(exc.__cause__ or exc)):
+                    raise
+                attempt += 1
+                delay = max(1.0, random.uniform(0, 1.5 ** min(8, attempt)))
+                level = logging.WARNING if attempt == 1 else logging.DEBUG
+                log.log(level, "%s; trying again until it answers", exc)
+                time.sleep(delay)
+                continue
+            if attempt:
+                log.info("the database answers: migrated")
+            return
+
+    def _migrate(self) -> None:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "postgresql":  # a migration may take long, or wait its turn
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
@@ -180,6 +248,33 @@ class Store:
         )
         with self.engine.begin() as conn:
             return {(str(r[0]), str(r[1])) for r in conn.execute(stmt, list(rows.values()))}
+
+    def check_writable(self) -> None:
+        """Raise unless the database answers and accepts writes (a write that changes nothing:
+        a read-only server or file refuses it all the same)."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 2000")
+            conn.execute(update(devices).where(false()).values(status=None))
+
+    def device_message(self, device_id: str, kind: str, value: Any, retained: bool) -> bool:
+        """Keep a device's last `status` or `health`; False when nothing changed.
+
+        A retained message is the broker's copy of an older one (sent again on every
+        (re)connect): what is already stored keeps its time, and a retained value that differs
+        from the stored one gets no time (it changed while this listener was not looking).
+        """
+        at: datetime | None = utcnow()
+        if retained:
+            column = devices.c[kind]
+            with self.engine.connect() as conn:
+                row = conn.execute(select(column).where(devices.c.device_id == device_id)).first()
+            if row is not None and row[0] is not None:
+                if row[0] == value:
+                    return False
+                at = None
+        self.set_device(device_id, **{kind: value, f"{kind}_at": at})
+        return True
 
     def set_device(self, device_id: str, **fields: Any) -> None:
         """Upsert a device's last status (`status`, `status_at`) or health (`health`, ...)."""

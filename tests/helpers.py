@@ -342,3 +342,73 @@ def retained(port: int, topic: str, timeout: float = 10.0) -> str:
     client.disconnect()
     assert got, f"no retained message on {topic}"
     return got[-1]
+
+
+class FreezableProxy:
+    """A TCP proxy on a loopback port in front of `upstream_port` that can be frozen: while
+    frozen it accepts connections and holds every socket open but passes no byte either way,
+    like a database server that was stopped (SIGSTOP) or sits behind a network partition."""
+
+    def __init__(self, upstream_port: int, port: int = 0) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", port))
+        self.server.listen(64)
+        self.port = int(self.server.getsockname()[1])
+        self.thawed = threading.Event()
+        self.thawed.set()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.thawed.clear()
+
+    def thaw(self) -> None:
+        self.thawed.set()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            self.thawed.wait()  # frozen: the connection is accepted, then nothing
+            if self.closed.is_set():
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        import contextlib
+
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                self.thawed.wait()
+                if self.closed.is_set():
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thawed.set()
+        self.server.close()
+        for sock in self.sockets:
+            sock.close()

@@ -220,3 +220,36 @@ def test_two_devices_may_use_the_same_id(
     assert got is not None
     assert got["category"] == "gunshot"
     device.close()
+
+
+def test_retained_status_and_health_keep_their_time(
+    running: tuple[Ingest, Store, Metrics], mosquitto: Mosquitto
+) -> None:
+    """The broker sends its retained copies again on every (re)connect: they must not make
+    a device that died long ago look as if it spoke a moment ago."""
+    ingest, store, metrics = running
+    device = DeviceClient(mosquitto.port)
+    for suffix, payload in (("status", b"online"), ("health", b'{"temp_c": 50}')):
+        device.client.publish(f"safeguard/attic-pi/{suffix}", payload, qos=1, retain=True)
+
+    def stored(kind: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "safeguard_listener_device_messages_total", {"kind": kind, "outcome": "stored"}
+        )
+
+    wait_for(lambda: stored("status") == 1 and stored("health") == 1)
+    before = {d["device_id"]: d for d in store.list_devices()}["attic-pi"]
+    assert before["status_at"] is not None
+    device.client.publish("safeguard/attic-pi/status", b"offline", qos=1, retain=True)
+    wait_for(lambda: stored("status") == 2)
+    died = {d["device_id"]: d for d in store.list_devices()}["attic-pi"]
+    time.sleep(1.1)
+    ingest.stop()  # a listener restart: the broker re-delivers both retained messages
+    ingest.start()
+    assert ingest.connected.wait(10)
+    time.sleep(1.0)
+    after = {d["device_id"]: d for d in store.list_devices()}["attic-pi"]
+    assert after["status"] == "offline"
+    assert after["status_at"] == died["status_at"]
+    assert after["health_at"] == before["health_at"]
+    device.close()
