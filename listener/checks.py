@@ -91,7 +91,7 @@ def check_alert(topic: str, payload: bytes, prefix: str, max_bytes: int) -> dict
         alert = validate_alert(data)
         parse_time(alert["started_at"])
         parse_time(alert["sent_at"])
-    except (AlertInvalid, ValueError) as exc:
+    except (AlertInvalid, ValueError, OverflowError) as exc:  # Overflow: 0001-01-01T00:30+01:00
         raise Rejected("malformed", str(exc)[:300]) from None
     if alert["device_id"] != device:
         raise Rejected("spoofed", f"topic device {device!r} != payload {alert['device_id']!r}")

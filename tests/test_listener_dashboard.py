@@ -313,3 +313,43 @@ def test_alert_text_is_text_and_the_page_runs_only_its_own_scripts(
     assert len(refused) == 1, refused  # only our probe
     assert "inline script" in refused[0], refused
     device.close()
+
+
+def test_ids_with_a_slash_failed_actions_and_a_refused_token(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """An id holding '/' can be acknowledged from the page; an action that fails says why;
+    a 401 (the token was changed) shows the login form instead of stale data."""
+    import sqlite3
+
+    device = DeviceClient(mosquitto.port)
+    slashed = make_alert("site-a", id="site/0001")
+    doomed = make_alert("site-a", category="glass")
+    device.publish_alert(slashed)
+    device.publish_alert(doomed)
+    device.wait_acks(2)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    page.fill("#who", "carol")
+    page.click('li[data-id="site/0001"] button.ack')
+    page.wait_for_selector('li[data-id="site/0001"][data-status="acknowledged"]', timeout=5_000)
+    got = get_json(f"{listener}/api/alerts/site%2F0001?device=site-a")
+    assert got["listener"]["acknowledged_by"] == "carol"
+
+    with sqlite3.connect(tmp_path / "alerts.db") as db:  # gone behind the page's back
+        db.execute("DELETE FROM alerts WHERE id = ?", (doomed["id"],))
+    page.click(f'li[data-id="{doomed["id"]}"] button.resolve')
+    page.wait_for_selector("#notice:not([hidden])", timeout=5_000)
+    assert "Could not resolve glass on site-a: 404 no such alert" in page.inner_text("#notice")
+
+    page.route("**/api/**", lambda route: route.fulfill(status=401, body="{}"))
+    page.click('li[data-id="site/0001"] button.resolve')
+    page.wait_for_selector("#login:not([hidden])", timeout=5_000)
+    assert page.locator("#main").is_hidden()
+    assert "token was refused" in page.inner_text("#login-error")
+    assert page.evaluate("() => localStorage.getItem('safeguard.token')") is None
+    assert errors == []
+    device.close()

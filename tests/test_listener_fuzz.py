@@ -155,3 +155,10 @@ def test_api_schema_covers_the_api(api_schema: Any, tmp_path: Path) -> None:
     assert {"/api/alerts", "/api/alerts/{alert_id}", "/api/devices"} <= paths
     assert "/api/alerts/{alert_id}/clip" in paths
     assert tmp_path.exists()
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_beyond_the_calendar_in_utc_is_malformed(when: str) -> None:
+    alert = make_alert("dev-a", started_at=when)
+    with pytest.raises(Rejected, match=r"^malformed"):
+        check_alert("safeguard/dev-a/alert", json.dumps(alert).encode(), "safeguard", 4096)
