@@ -353,3 +353,32 @@ def test_ids_with_a_slash_failed_actions_and_a_refused_token(
     assert page.evaluate("() => localStorage.getItem('safeguard.token')") is None
     assert errors == []
     device.close()
+
+
+def test_alerts_stored_while_the_page_loads_are_all_shown(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto
+) -> None:
+    """The page opens the live stream first and loads the list after its `hello`, so an
+    alert stored between the two is not missed."""
+    import threading
+
+    device = DeviceClient(mosquitto.port)
+    sent = [make_alert(f"burst-{i % 5}") for i in range(150)]
+
+    def publish() -> None:
+        for alert in sent:
+            device.publish_alert(alert)
+            time.sleep(0.01)
+
+    page = browser.new_page()
+    burst = threading.Thread(target=publish)
+    burst.start()
+    page.goto(f"{listener}/#token={TOKEN}")
+    burst.join(timeout=30)
+    device.wait_acks(len(sent), timeout=30)
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    page.wait_for_function(f"() => document.querySelectorAll('#alerts li').length >= {len(sent)}",
+                           timeout=10_000)  # fmt: skip
+    shown = set(page.eval_on_selector_all("#alerts li", "els => els.map(e => e.dataset.id)"))
+    assert {str(a["id"]) for a in sent} <= shown
+    device.close()
