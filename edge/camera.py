@@ -17,6 +17,7 @@ import re
 import select
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -25,6 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+# OpenCV's and FFmpeg's own log lines bypass logging and repeat on every reconnect: quiet them
+# (set before cv2 loads); the reason of a failure is told in the daemon's own warning instead.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 import cv2
 import numpy as np
@@ -40,6 +47,45 @@ STALL_S = 5.0  # a live stream that delivers nothing for this long is reopened
 OPEN_TIMEOUT_S = 15.0  # a gst-launch-1.0 pipeline must deliver its first frame within this
 SHORT_RUN_S = 10.0  # a stream that ends sooner than this counts as a failed attempt (backoff)
 GST_TAIL = "videoconvert ! video/x-raw,format=I420 ! y4menc ! fdsink fd=1"
+
+
+class SourceError(CaptureError):
+    """A camera source that can never open as written (retrying would not help)."""
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password of every URL in it replaced by `***` (logs, health)."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
+def why_unopened(source: str, timeout: float = 3.0) -> str:
+    """Why OpenCV could not open `source`, as far as can be found out cheaply."""
+    if source.startswith("file:"):
+        path = Path(source[5:])
+        if not path.exists():
+            return "no such file"
+        return "not a video OpenCV can open" if path.is_file() else "not a file"
+    if source.startswith("/dev/video"):
+        return "" if Path(source).exists() else "no such device"
+    if not source.startswith(("rtsp://", "rtsps://")):
+        return ""
+    url = urlsplit(source)
+    try:
+        with socket.create_connection(
+            (url.hostname or "", url.port or (322 if url.scheme == "rtsps" else 554)), timeout
+        ) as conn:
+            if url.scheme == "rtsps":
+                return ""
+            plain = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+            conn.sendall(f"DESCRIBE {plain} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+            status = conn.recv(256).split(b"\r\n", 1)[0].decode("latin-1")
+    except OSError as exc:
+        return str(exc.strerror or exc).lower()
+    code, _, text = status.partition(" ")[2].partition(" ")
+    if not code.isdigit() or code == "200":
+        return ""
+    hint = " (check the user name and password)" if code == "401" else ""
+    return f"the camera answered {code} {text}{hint}"
 
 
 def file_frames(
@@ -140,14 +186,14 @@ class GstLaunchCapture:
     def __init__(self, pipeline: str, stop: threading.Event | None = None) -> None:
         exe = shutil.which("gst-launch-1.0")
         if exe is None:
-            raise CaptureError(
+            raise SourceError(
                 "gst: needs gst-launch-1.0 (Debian/Ubuntu package gstreamer1.0-tools): "
                 "this OpenCV has no GStreamer support"
             )
         try:
             args = shlex.split(_without_appsink(pipeline))
         except ValueError as exc:
-            raise CaptureError(f"gst:{pipeline}: {exc}") from None
+            raise SourceError(f"gst:{redact(pipeline)}: {exc}") from None
         self.error = ""
         self.width = self.height = 0
         self.fps = 0.0
@@ -295,8 +341,40 @@ def open_capture(source: str, transport: str = "tcp", stop: threading.Event | No
         cap = cv2.VideoCapture(int(source.removeprefix("/dev/video")), cv2.CAP_V4L2)
     if not cap.isOpened():
         cap.release()
-        raise CaptureError(f"cannot open the camera {source}")
+        reason = why_unopened(source)
+        message = f"cannot open the camera {redact(source)}" + (f": {reason}" if reason else "")
+        raise (SourceError if source.startswith("file:") else CaptureError)(message)
     return cap
+
+
+def check_source(source: str, transport: str = "tcp") -> str:
+    """What `check` can say about a camera source without holding it (the running daemon may
+    have it): CaptureError if it cannot work, else how it was checked."""
+    if source.startswith("gst:"):
+        try:
+            args = shlex.split(_without_appsink(source[4:]))
+        except ValueError as exc:
+            raise SourceError(f"video.source: {redact(source)}: {exc}") from None
+        if not opencv_has_gstreamer() and shutil.which("gst-launch-1.0") is None:
+            raise SourceError("video.source gst: needs gst-launch-1.0 (gstreamer1.0-tools)")
+        inspect = shutil.which("gst-inspect-1.0")
+        segments = " ".join(args).split("!")
+        names = [seg.split()[0] for seg in segments if seg.split()]
+        for name in names:
+            if inspect and re.fullmatch(r"[a-z0-9_-]+", name) and subprocess.run(
+                [inspect, "--exists", name], capture_output=True, timeout=30, check=False
+            ).returncode:  # fmt: skip
+                raise SourceError(f"video.source: GStreamer has no element {name!r}")
+        return "the pipeline parses, its elements exist"
+    if source.startswith("/dev/video"):
+        if not Path(source).exists():
+            raise CaptureError(f"video.source: {source}: no such device")
+        return "the device exists"
+    if source.startswith(("rtsp://", "rtsps://")):
+        open_capture(source, transport).release()
+        return "it opens"
+    open_capture(source).release()
+    return "it opens"
 
 
 class CameraSource:
@@ -366,19 +444,23 @@ class CameraSource:
         while not self._stop.is_set():
             try:
                 cap = open_capture(self.source, self._transport, self._stop)
+            except SourceError as exc:  # it can never open as written: said once, no retry
+                self.stats.state, self.stats.error = "failed", str(exc)
+                log.error("%s", exc)
+                break
             except CaptureError as exc:
                 if self._stop.is_set():
                     break
                 attempt += 1
                 wait = backoff(attempt, self._retry_max_s)
                 self.stats.state, self.stats.error = "retrying", str(exc)
-                unavailable.say(self.source, exc, wait)
+                unavailable.say(redact(self.source), exc, wait)
                 if self._stop.wait(wait):
                     break
                 continue
             unavailable.reset()
             self.stats.state, self.stats.error = "running", ""
-            log.info("capturing video from %s", self.source)
+            log.info("capturing video from %s", redact(self.source))
             opened = time.monotonic()
             try:
                 self._read_loop(cap)
@@ -394,8 +476,9 @@ class CameraSource:
             reason = getattr(cap, "error", "") or "the stream ended or stalled"
             self.stats.reopens += 1
             self.stats.state, self.stats.error = "retrying", reason
-            ended.say(self.source, reason)
+            ended.say(redact(self.source), reason)
             if self._stop.wait(wait):
                 break
-        self.stats.state = "stopped" if self._stop.is_set() else "ended"
+        if self.stats.state != "failed":
+            self.stats.state = "stopped" if self._stop.is_set() else "ended"
         self.ended.set()

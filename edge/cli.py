@@ -141,11 +141,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         head = build_analyzer(config.video, load_backbone(config.models_dir)).head
         print(f"video: ok (backbone sha256 verified, violence head over {head.window} frames)")
-        if config.video.source.startswith("file:"):  # what `run` would replay
-            from edge.camera import open_capture
+        from edge.camera import check_source, redact
 
-            open_capture(config.video.source).release()
-            print(f"video source: ok ({config.video.source} opens)")
+        how = check_source(config.video.source, config.video.rtsp_transport)
+        print(f"video source: ok ({redact(config.video.source)}: {how})")
         if config.video.preview.enabled:  # its password and its port, as `run` needs them
             _check_preview(config)
     print(f"broker: ok ({_reach_broker(config)})")

@@ -10,6 +10,7 @@ does not serve a player.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from edge.events import Event
 from edge.fusion import FusionSink
 from edge.videoconfig import VideoConfig
 from edge.videopipe import VideoWorker
-from tests.helpers import VIDEO_DEV, free_port, require_models, require_shared, wait_port
+from tests.helpers import ROOT, VIDEO_DEV, free_port, require_models, require_shared, wait_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = """
@@ -213,3 +214,89 @@ def test_a_violence_event_ends_when_the_camera_stops_delivering(
     assert fusion.fused == 0
     assert worker.health()["video_capture"] == "stopped"
     assert time.monotonic() - gone < 30
+
+
+CAMERA = """
+import logging, sys, time
+logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+from edge.camera import CameraSource, FrameRing
+cam = CameraSource(sys.argv[1], FrameRing(4, (240, 320, 3)), 320, retry_max_s=1)
+cam.start()
+cam.ended.wait(float(sys.argv[2]))
+print("STATE", cam.stats.state, cam.stats.error, flush=True)
+cam.stop()
+"""
+
+
+def camera_run(tmp_path: Path, source: str, seconds: float) -> tuple[str, str]:
+    """(state and error, stderr) of a CameraSource on `source` run for `seconds`."""
+    script = tmp_path / "camera.py"
+    script.write_text(CAMERA)
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), str(script), source, str(seconds)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout, run.stderr
+
+
+def test_camera_failures_are_one_redacted_line_with_the_reason(
+    loopback: Loopback, tmp_path: Path
+) -> None:
+    """No OpenCV/FFmpeg lines on every attempt, no password in the log, and the reason (404,
+    connection refused) in the daemon's one warning and in the camera's error (health)."""
+    secret = "Hunter2pass"
+    wrong_path = f"rtsp://admin:{secret}@127.0.0.1:{loopback.port}/nothing"
+    refused = f"rtsp://admin:{secret}@127.0.0.1:{free_port()}/cam"
+    for url, reason in ((wrong_path, "404"), (refused, "connection refused")):
+        state, log = camera_run(tmp_path, url, 4)
+        assert secret not in state + log, log
+        assert reason in state, state
+        native = [line for line in log.splitlines() if not line.startswith(("DEBUG", "WARNING"))]
+        assert native == [], log
+        warnings = [line for line in log.splitlines() if line.startswith("WARNING")]
+        assert len(warnings) == 1, log
+        assert reason in warnings[0]
+        assert "rtsp://***@127.0.0.1" in warnings[0]
+
+
+def test_sources_that_can_never_open_fail_once_and_stop(tmp_path: Path) -> None:
+    """A `file:` camera that is not there, or a gst pipeline that does not parse, is one ERROR
+    line and the capture ends (`failed`), instead of being retried forever."""
+    cases = (
+        ("file:/nonexistent/clip.mp4", "no such file"),
+        ('gst:videotestsrc ! capsfilter caps="video/x-raw', "No closing quotation"),
+    )
+    for source, reason in cases:
+        began = time.monotonic()
+        state, log = camera_run(tmp_path, source, 20)
+        assert time.monotonic() - began < 15
+        assert state.startswith("STATE failed"), state
+        assert reason in state
+        assert [line for line in log.splitlines() if line.startswith("ERROR")] != [], log
+        assert "WARNING" not in log, log
+
+
+def test_check_fails_for_camera_sources_that_cannot_work(tmp_path: Path) -> None:
+    """`check` said ok to each of these; `run` then retried them forever."""
+    cases = {
+        f"rtsp://127.0.0.1:{free_port()}/nothing": "connection refused",
+        "gst:videotestsrc ! nosuchelement": "no element 'nosuchelement'",
+        'gst:videotestsrc ! capsfilter caps=\\"video/x-raw': "No closing quotation",
+        "/dev/video97": "no such device",
+    }
+    for source, reason in cases.items():
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"models: {{dir: {require_models()}}}\nstorage: {{dir: {tmp_path}}}\n"
+            f'audio: {{source: none}}\nvideo: {{source: "{source}"}}\n'
+            "mqtt: {host: 127.0.0.1, port: 9}\n"
+        )
+        run = subprocess.run(
+            [str(ROOT / ".venv/bin/safeguard"), "check", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert run.returncode == 1, (source, run.stdout, run.stderr)
+        assert reason in run.stderr, (source, run.stderr)
+        assert "broker" not in run.stdout
