@@ -182,8 +182,9 @@ def _analyze_one(
     from edge.decode import is_video, stream_kinds
     from edge.pipeline import build_detector, hop_samples
 
-    kinds = stream_kinds(path) if is_video(path) and path.is_file() else None
-    has_picture = is_video(path) and (kinds is None or "video" in kinds)
+    # the streams decide, not the suffix (.ts, .mpg, .m2ts...); the suffix when ffprobe cannot
+    kinds = stream_kinds(path) if path.is_file() else None
+    has_picture = "video" in kinds if kinds is not None else is_video(path)
     records: list[EventRecord] = []
     if not has_picture or kinds is None or "audio" in kinds:
         detector = build_detector(config, model)
