@@ -281,11 +281,12 @@ async def get_alert(state: StateDep, alert_id: AlertId, device: DeviceOf = None)
 async def _mark(
     state: State, alert_id: str, device: str | None, action: str, body: Mark
 ) -> dict[str, Any]:
-    alert = await db(state, state.store.mark, alert_id, device, action, body.by, body.note)
-    if alert is None:
+    changed = await db(state, state.store.mark, alert_id, device, action, body.by, body.note)
+    if not changed:
         raise HTTPException(404, "no such alert")
-    state.hub.publish("update", alert)
-    return alert
+    for alert in changed:  # the alert and the other messages of its event
+        state.hub.publish("update", alert)
+    return changed[0]
 
 
 @router.post(

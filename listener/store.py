@@ -337,29 +337,36 @@ class Store:
 
     def mark(
         self, alert_id: str, device: str | None, action: str, by: str, note: str | None
-    ) -> dict[str, Any] | None:
-        """Acknowledge or resolve an alert (resolving also acknowledges); None if unknown."""
+    ) -> list[dict[str, Any]]:
+        """Acknowledge or resolve an alert, and with it every message of its event (start,
+        updates, end share `event_id`); resolving also acknowledges. The alert itself first,
+        then the other rows of its event; [] if unknown. The first acknowledgement is kept."""
         now = utcnow()
         with self.engine.begin() as conn:
             key = self.find(conn, alert_id, device)
             if key is None:
-                return None
+                return []
             this = (alerts.c.device_id == key[0]) & (alerts.c.id == alert_id)
-            row = conn.execute(select(alerts.c.acknowledged_at).where(this)).first()
-            if row is None:
-                return None
-            values: dict[str, Any] = {}
-            if row[0] is None:
-                values.update(acknowledged_by=by, acknowledged_at=now)
+            event = conn.execute(select(alerts.c.event_id).where(this)).scalar() or alert_id
+            same = (alerts.c.device_id == key[0]) & (
+                (alerts.c.id == event) | (alerts.c.event_id == event)
+            )
+            unseen = same & alerts.c.acknowledged_at.is_(None)  # one statement: no race
+            seen: dict[str, Any] = {"acknowledged_by": by, "acknowledged_at": now}
             if action == "resolve":
-                values.update(resolved_by=by, resolved_at=now, status="resolved")
-            elif row[0] is None:
-                values["status"] = "acknowledged"
+                conn.execute(update(alerts).where(unseen).values(**seen))
+                done = {"resolved_by": by, "resolved_at": now, "status": "resolved"}
+                conn.execute(
+                    update(alerts).where(same & alerts.c.resolved_at.is_(None)).values(**done)
+                )
+            else:
+                conn.execute(update(alerts).where(unseen).values(**seen, status="acknowledged"))
             if note is not None:
-                values["note"] = note
-            if values:
-                conn.execute(update(alerts).where(this).values(**values))
-        return self.get_alert(alert_id, key[0])
+                conn.execute(update(alerts).where(this).values(note=note))
+            rows = conn.execute(self._select().where(same)).mappings().all()
+        out = [_to_api(r) for r in rows]
+        out.sort(key=lambda a: a["id"] != alert_id)
+        return out
 
     def list_devices(self) -> list[dict[str, Any]]:
         last = (

@@ -295,3 +295,33 @@ def test_a_database_of_the_first_schema_is_migrated_with_its_data(tmp_path: Path
             assert store.store_alerts([other], datetime.now(timezone.utc)) == {("new-pi", "evt-1")}
             assert store.get_alert("evt-1", "new-pi") is not None
             store.close()
+
+
+def test_acknowledging_or_resolving_applies_to_the_whole_event(
+    api: tuple[TestClient, State],
+) -> None:
+    """start, update (with the clip) and end share `event_id`: one decision for all three."""
+    client, state = api
+    now = datetime.now(timezone.utc)
+    start = make_alert("porch-pi", event="start", score=0.8)
+    update = make_alert("porch-pi", event="update", score=0.1, event_id=start["id"])
+    end = make_alert("porch-pi", event="end", score=0.0, event_id=start["id"])
+    other = make_alert("porch-pi", event="start")
+    elsewhere = make_alert("hall-pi", event="end", event_id=start["id"])  # another device
+    state.store.store_alerts([start, update, end, other, elsewhere], now)
+    acked = client.post(f"/api/alerts/{start['id']}/ack", json={"by": "ann"}, headers=AUTH)
+    assert acked.json()["id"] == start["id"]
+
+    def status(alert: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        url = f"/api/alerts/{alert['id']}?device={alert['device_id']}"
+        got = client.get(url, headers=AUTH).json()["listener"]
+        return got["status"], got["acknowledged_by"], got["resolved_by"]
+
+    assert [status(a) for a in (start, update, end)] == [("acknowledged", "ann", None)] * 3
+    assert status(other) == ("new", None, None)
+    assert status(elsewhere) == ("new", None, None)
+    done = client.post(f"/api/alerts/{end['id']}/resolve", json={"by": "bob"}, headers=AUTH)
+    assert done.json()["id"] == end["id"]
+    assert [status(a) for a in (start, update, end)] == [("resolved", "ann", "bob")] * 3
+    again = client.post(f"/api/alerts/{update['id']}/resolve", json={"by": "eve"}, headers=AUTH)
+    assert again.json()["listener"]["resolved_by"] == "bob"  # the first resolution is kept
