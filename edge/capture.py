@@ -21,7 +21,6 @@ import soxr
 from edge import decode
 from edge.config import AudioConfig
 from edge.errors import CaptureError
-from edge.frontend import covered_length
 from edge.retry import Streak, backoff
 from edge.ring import AudioRing
 
@@ -53,16 +52,10 @@ class AudioSource(Protocol):
 
 
 class FileSource:
-    """Replays a file into the ring at real-time speed (WAV, FLAC, MP3, MP4 audio, ...).
+    """Replays a file into the ring at real-time speed (WAV, FLAC, MP3, MP4 audio, ...)."""
 
-    At its end the ring gets silence up to the end of the window that covers the last sample
-    (windows every `hop` samples), as `safeguard analyze` pads a file, so a sound in the last
-    fraction of a second, or in a file shorter than one window, is analysed too.
-    """
-
-    def __init__(self, path: Path, ring: AudioRing, block_s: float = 0.05, hop: int = 1) -> None:
+    def __init__(self, path: Path, ring: AudioRing, block_s: float = 0.05) -> None:
         self.path = path
-        self.hop = hop
         self.stats = CaptureStats(device=f"file:{path}")
         self._ring = ring
         self._block_s = block_s
@@ -91,9 +84,6 @@ class FileSource:
         except CaptureError as exc:
             self.stats.error = str(exc)
             log.error("audio file source failed: %s", exc)
-        if not self._stop.is_set() and self.stats.samples:
-            tail = covered_length(self.stats.samples, self.hop) - self.stats.samples
-            self._ring.write(np.zeros(tail, np.float32))
         self.stats.state = "stopped" if self._stop.is_set() else "ended"
         self.ended.set()
 
@@ -219,14 +209,13 @@ class MicSource:
         self.stats.state = "stopped"
 
 
-def open_source(config: AudioConfig, ring: AudioRing, hop: int) -> AudioSource | None:
-    """The source named by `audio.source` (windows every `hop` samples), or None for
-    "none"."""
+def open_source(config: AudioConfig, ring: AudioRing) -> AudioSource | None:
+    """The source named by `audio.source`, or None for "none"."""
     spec = config.source
     if spec == "none":
         return None
     if spec.startswith("file:"):
-        return FileSource(Path(spec[5:]), ring, config.block_s, hop)
+        return FileSource(Path(spec[5:]), ring, config.block_s)
     return MicSource(
         spec,
         ring,

@@ -46,6 +46,9 @@ class InferenceWorker:
     """Reads windows from the ring every hop, runs the detector, hands events to the sink.
 
     `on_event` (optional) hears of every event after it is stored, e.g. to publish state.
+    Once `ended()` says the source will write no more (a file), the samples after the last
+    full window are analysed in one more window padded with silence, as `safeguard analyze`
+    pads a file; the ring itself keeps only real audio (clips are cut from it).
     """
 
     def __init__(
@@ -54,13 +57,17 @@ class InferenceWorker:
         detector: Detector,
         hop: int,
         sink: EventSink,
+        *,
         on_event: Callable[[Event], None] | None = None,
+        ended: Callable[[], bool] = lambda: False,
     ) -> None:
         self.ring = ring
         self.detector = detector
         self.hop = hop
         self.sink = sink
         self.on_event = on_event
+        self.ended = ended
+        self.analysed_to = 0  # where the last analysed window ended
         self.next_end = PATCH_SAMPLES
         self.last_progress = time.monotonic()
         self.events = 0
@@ -82,12 +89,20 @@ class InferenceWorker:
     def _run(self) -> None:
         stats = self.detector.stats
         while not self._stop.is_set():
-            missing = self.next_end - self.ring.head
-            if missing > 0:
+            ended = self.ended()  # before the head: once ended, the head is final
+            head = self.ring.head
+            missing = self.next_end - head
+            tail = ended and missing > 0 and head > self.analysed_to
+            if missing > 0 and not tail:
                 self._stop.wait(max(0.005, missing / RATE))
                 continue
             try:
-                window = self.ring.read(self.next_end - PATCH_SAMPLES, PATCH_SAMPLES)
+                if tail:  # the end of a file: what is left, padded with silence
+                    start = max(0, self.next_end - PATCH_SAMPLES)
+                    window = np.zeros(PATCH_SAMPLES, np.float32)
+                    window[: head - start] = self.ring.read(start, head - start)
+                else:
+                    window = self.ring.read(self.next_end - PATCH_SAMPLES, PATCH_SAMPLES)
             except Overrun as exc:
                 behind = exc.oldest + PATCH_SAMPLES
                 lost = (behind - self.next_end + self.hop - 1) // self.hop
@@ -99,6 +114,7 @@ class InferenceWorker:
             events = self.detector.process(window, self.next_end)
             stats.infer_ms = [*stats.infer_ms[-199:], (time.perf_counter() - began) * 1000]
             self.last_progress = time.monotonic()
+            self.analysed_to = self.next_end
             self.next_end += self.hop
             self._deliver(events)
         self._deliver(self.detector.flush(self.next_end / RATE))
@@ -140,14 +156,19 @@ class Daemon:
         elif config.video.preview.enabled:
             log.warning("video.preview is on but video.source is none: there is no preview")
         audio = config.audio
-        self.source: AudioSource | None = open_source(audio, self.ring, hop_samples(config))
+        self.source: AudioSource | None = open_source(audio, self.ring)
         if self.clips is not None:
             self.clips.audio = self.ring if self.source is not None else None
             if self.video is not None:
                 self.clips.frames, self.clips.fps = self.video.ring, config.video.max_fps
         self.delivery = DeliveryService(config.mqtt, config.alerts, self.outbox, config.device.id)
         self.worker = InferenceWorker(
-            self.ring, self.detector, hop_samples(config), self.sink, self._on_event
+            self.ring,
+            self.detector,
+            hop_samples(config),
+            self.sink,
+            on_event=self._on_event,
+            ended=self._file_ended,
         )
         self.device_health = DeviceHealth(config.storage.dir)
         self.watch = PipelineWatch(
@@ -223,6 +244,9 @@ class Daemon:
             "delivery": self.delivery.stats(),
         }
 
+    def _file_ended(self) -> bool:
+        return isinstance(self.source, FileSource) and self.source.ended.is_set()
+
     def _source_done(self) -> bool:
         """A file source has ended and every window of it has been analysed (with
         `audio: none`, the `file:` camera has ended)."""
@@ -231,8 +255,7 @@ class Daemon:
             return (
                 camera is not None and camera.source.startswith("file:") and (camera.ended.is_set())
             )
-        ended = isinstance(self.source, FileSource) and self.source.ended.is_set()
-        return ended and self.worker.next_end > self.ring.head
+        return self._file_ended() and self.worker.analysed_to >= self.ring.head
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._signal)

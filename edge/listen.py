@@ -22,7 +22,7 @@ def listen(config: Config, seconds: float, top: int) -> int:
     detector = build_detector(config)
     ring = AudioRing(int(config.audio.ring_s * RATE))
     audio = config.audio
-    source = open_source(audio, ring, hop_samples(config))
+    source = open_source(audio, ring)
     if source is None:
         raise CaptureError('audio.source is "none": nothing to listen to')
     stop = threading.Event()
