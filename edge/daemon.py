@@ -297,6 +297,10 @@ class Daemon:
             if self._source_done():
                 log.info("file source ended: stopping once its alerts are delivered")
                 failed = isinstance(self.source, FileSource) and bool(self.source.stats.error)
+                camera = self.video.camera if self.video is not None else None
+                failed |= (
+                    self.source is None and camera is not None and (camera.stats.state == "failed")
+                )
                 return self.shutdown(drain_s=DRAIN_S) or int(failed)
             if time.monotonic() >= next_health:
                 next_health += every

@@ -482,3 +482,14 @@ def test_a_preview_without_a_camera_is_said(config: Path, tmp_path: Path) -> Non
     result = run_cli("run", "--config", str(config), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "video.preview is on but video.source is none: there is no preview" in result.stderr
+
+
+def test_run_with_only_a_file_camera_that_cannot_open_exits_1(config: Path, tmp_path: Path) -> None:
+    config.write_text(
+        config.read_text()
+        + f"audio: {{source: none}}\nvideo: {{source: 'file:{tmp_path / 'missing.mp4'}'}}\n"
+    )
+    began = time.monotonic()
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - began < 60
