@@ -315,6 +315,14 @@ EOF
   did "units: $UNITS/safeguard.service${WITH_LISTENER:+$([ "$WITH_LISTENER" = 1 ] && echo ", safeguard-listener.service")}"
 }
 
+# A kept (edited) config must still be valid for the version just installed.
+check_config() {
+  local out
+  if ! out=$("$ROOT$VENV/bin/safeguard" check --config-only --config "$ROOT$ETC/config.yaml" 2>&1); then
+    die "$ETC/config.yaml does not fit this version (${out#safeguard: }); fix it (the new default is $ETC/config.yaml.dist) and run install.sh again"
+  fi
+}
+
 enable_services() {
   local services=(safeguard)
   [ "$WITH_LISTENER" = 1 ] && services+=(safeguard-listener)
@@ -405,5 +413,6 @@ create_user
 install_venv
 install_files
 install_models
+check_config
 enable_services
 summary

@@ -116,6 +116,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _config(args)
     print(f"config: ok ({_config_path(args) or 'embedded defaults'})")
+    if args.config_only:
+        return 0
     from edge.outbox import check_storage
 
     check_storage(config.storage.dir)
@@ -307,9 +309,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the daemon").set_defaults(func=cmd_run)
-    sub.add_parser(
+    check = sub.add_parser(
         "check", parents=[common], help="validate config, load models, reach the broker"
-    ).set_defaults(func=cmd_check)
+    )
+    check.add_argument(
+        "--config-only", action="store_true", help="only validate the config file and stop"
+    )
+    check.set_defaults(func=cmd_check)
     analyze = sub.add_parser("analyze", parents=[common], help="find threat events in files")
     analyze.add_argument("files", nargs="+", metavar="FILE", help="WAV, FLAC, MP3 or MP4")
     analyze.add_argument("--json", action="store_true", help="one JSON object per event")

@@ -279,6 +279,27 @@ def test_second_run_is_idempotent_and_keeps_an_edited_config(staged: tuple[Path,
     assert "gstreamer1.0-tools" in (root / "safeguard-install.plan").read_text()
 
 
+def test_a_kept_config_that_no_longer_validates_stops_before_the_restart(
+    staged: tuple[Path, str],
+) -> None:
+    root, _ = staged
+    config = root / "etc/safeguard/config.yaml"
+    kept = config.read_text()
+    config.write_text(kept + "audio_typo: {}\n")
+    plan = root / "safeguard-install.plan"
+    plan.unlink(missing_ok=True)
+    try:
+        out = run_install(root, "--models-from", str(SHARED_MODELS), "--with-listener")
+    finally:
+        config.write_text(kept)
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "safeguard install: error: /etc/safeguard/config.yaml does not fit this version" in (
+        out.stderr
+    )
+    assert "audio_typo: unknown key" in out.stderr
+    assert "systemctl restart" not in (plan.read_text() if plan.exists() else "")
+
+
 def test_uninstall_keeps_data_and_purge_removes_it(staged: tuple[Path, str]) -> None:
     root, _ = staged
     out = install(root, "--uninstall")
