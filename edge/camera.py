@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import select
@@ -88,6 +89,16 @@ def why_unopened(source: str, timeout: float = 3.0) -> str:
     return f"the camera answered {code} {text}{hint}"
 
 
+def frame_time(cap: Any, last_t: float, rate: float) -> float:
+    """The stream time of the frame just read from a file: its own timestamp, so a
+    variable-frame-rate recording (phones, NVR exports) is timed right; one average frame
+    period after the last when the container gives no usable timestamp."""
+    t = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
+    if last_t < 0:
+        return t if math.isfinite(t) and t >= 0 else 0.0
+    return t if math.isfinite(t) and t > last_t else last_t + 1.0 / rate
+
+
 def file_frames(
     path: Path, fps: float, width: int, offset_s: float = 0.0
 ) -> Iterator[tuple[float, U8]]:
@@ -102,14 +113,13 @@ def file_frames(
     if not cap.isOpened():
         raise CaptureError(f"{path}: OpenCV cannot open it as a video")
     rate = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    due, index = offset_s, 0
+    due, t = offset_s, -1.0
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
                 return
-            t = index / rate
-            index += 1
+            t = frame_time(cap, t, rate)
             if t + 1e-6 >= due:
                 due += 1.0 / fps * max(1, int((t - due) * fps) + 1)
                 yield t, downscale(np.asarray(frame, np.uint8), width)
@@ -416,15 +426,14 @@ class CameraSource:
 
     def _read_loop(self, cap: Any) -> None:
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-        index, last_kept = 0, -1.0
+        t, last_kept = -1.0, -1.0
         while not self._stop.is_set():
             ok, frame = cap.read()
             if not ok:
                 return
             now = time.monotonic()
             if self._is_file:
-                t = index / fps
-                index += 1
+                t = frame_time(cap, t, fps)
                 if self._stop.wait(max(0.0, self._began + t - now)):
                     return
             else:
