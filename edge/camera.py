@@ -45,7 +45,7 @@ from edge.video import downscale
 log = logging.getLogger(__name__)
 U8 = npt.NDArray[np.uint8]
 STALL_S = 5.0  # a live stream that delivers nothing for this long is reopened
-OPEN_TIMEOUT_S = 15.0  # a gst-launch-1.0 pipeline must deliver its first frame within this
+OPEN_TIMEOUT_S = 15.0  # an RTSP camera or a gst-launch-1.0 pipeline must open within this
 SHORT_RUN_S = 10.0  # a stream that ends sooner than this counts as a failed attempt (backoff)
 GST_TAIL = "videoconvert ! video/x-raw,format=I420 ! y4menc ! fdsink fd=1"
 
@@ -346,7 +346,10 @@ def open_capture(source: str, transport: str = "tcp", stop: threading.Event | No
         cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     elif source.startswith(("rtsp://", "rtsps://")):
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{transport}|timeout;5000000"
-        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+        # a session kept open without frames blocks a read for OpenCV's default 30 s
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1000),
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(STALL_S * 1000)]  # fmt: skip
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, timeouts)
     else:
         cap = cv2.VideoCapture(int(source.removeprefix("/dev/video")), cv2.CAP_V4L2)
     if not cap.isOpened():
@@ -424,18 +427,24 @@ class CameraSource:
         self._stop.set()
         self._thread.join(timeout)
 
-    def _read_loop(self, cap: Any) -> None:
+    def _read_loop(self, cap: Any) -> str:
+        """Frames into the ring until the stream ends or stalls (the reason) or stop."""
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         t, last_kept = -1.0, -1.0
         while not self._stop.is_set():
+            before = time.monotonic()
             ok, frame = cap.read()
-            if not ok:
-                return
             now = time.monotonic()
+            # after its read timeout OpenCV's FFmpeg backend still returns the frames the
+            # decoder held, one per timeout: a read that blocked that long is a stall
+            if not self._is_file and now - before >= STALL_S * 0.9:
+                return f"no frame from the camera for {STALL_S:g} s"
+            if not ok:
+                return "the stream ended"
             if self._is_file:
                 t = frame_time(cap, t, fps)
                 if self._stop.wait(max(0.0, self._began + t - now)):
-                    return
+                    break
             else:
                 t = now - self._began
             self.stats.last_frame = time.monotonic()
@@ -445,6 +454,7 @@ class CameraSource:
             last_kept = t
             self.ring.write(downscale(np.asarray(frame, np.uint8), self.width), t)
             self.stats.frames += 1
+        return "stopped"
 
     def _run(self) -> None:
         attempt = 0
@@ -470,9 +480,9 @@ class CameraSource:
             unavailable.reset()
             self.stats.state, self.stats.error = "running", ""
             log.info("capturing video from %s", redact(self.source))
-            opened = time.monotonic()
+            opened = self.stats.last_frame = time.monotonic()
             try:
-                self._read_loop(cap)
+                reason = self._read_loop(cap)
             finally:
                 cap.release()
             if self._is_file or self._stop.is_set():
@@ -482,7 +492,7 @@ class CameraSource:
             if not attempt:  # it ran a while: a new streak
                 ended.reset()
             wait = backoff(attempt, self._retry_max_s) if attempt else 0.0
-            reason = getattr(cap, "error", "") or "the stream ended or stalled"
+            reason = getattr(cap, "error", "") or reason
             self.stats.reopens += 1
             self.stats.state, self.stats.error = "retrying", reason
             ended.say(redact(self.source), reason)

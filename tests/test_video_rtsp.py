@@ -300,3 +300,25 @@ def test_check_fails_for_camera_sources_that_cannot_work(tmp_path: Path) -> None
         assert run.returncode == 1, (source, run.stdout, run.stderr)
         assert reason in run.stderr, (source, run.stderr)
         assert "broker" not in run.stdout
+
+
+def test_a_stalled_rtsp_stream_is_noticed_within_seconds(loopback: Loopback) -> None:
+    """The camera's encoder goes away but the RTSP server keeps the session open: no frame, no
+    end of stream. The capture leaves `running` within the stall timeout (it took OpenCV's 30 s
+    read timeout, with health saying `running` all along), and resumes when frames return."""
+    ring = FrameRing(60, (240, 320, 3))
+    camera = CameraSource(loopback.url, ring, 320, max_fps=15, transport="tcp", retry_max_s=2)
+    stats = camera.stats
+    camera.start()
+    try:
+        wait_until(lambda: stats.frames >= 20, 30, "no frames over RTSP")
+        loopback.stop_pusher()
+        waited = wait_until(lambda: stats.state != "running", 20, "the stall was not noticed")
+        assert waited < 8.0
+        assert "no frame" in stats.error, stats.error
+        frames = stats.frames
+        loopback.start_pusher()
+        wait_until(lambda: stats.frames >= frames + 20, 40, "frames did not resume")
+        assert stats.state == "running"
+    finally:
+        camera.stop(timeout=10)
