@@ -13,8 +13,10 @@ to `on_clip`; the daemon sends it as one extra `update` alert of the event.
 Span: `[max(0, start_s - pre_s), end_s + post_s]` in stream seconds, cut at the sample for
 audio and at 1/fps for video (each output frame is the newest camera frame at its time, so
 the MP4 has a constant rate). When the data ends first (a file source, shutdown), the clip
-ends with the data. Frames missing before the first held one repeat it; audio lost to a
-ring overrun is written as silence; both are counted. Without ffmpeg, or when the camera has
+ends with the data; when the rings no longer hold the start of the pre-roll (`pre_s` longer
+than `video.ring_s` / `audio.ring_s`, or a camera that just came up), each track starts with
+its oldest data held and says so in its `start_s`. Audio lost to a ring overrun later on is
+written as silence and counted. Without ffmpeg, or when the camera has
 delivered nothing since before the clip's start (offline), a clip is the WAV alone. A clip
 that fails (a full disk) leaves no partial file behind.
 """
@@ -120,13 +122,16 @@ def prune(
 
 
 @functools.cache
-def add_sound(mp4: Path, wav: Path, seconds: float, timeout: float = 60.0) -> None:
-    """Puts `wav` into `mp4` as an AAC track (the picture stream-copied, the sound cut at the
-    picture's length), so that a browser plays the clip with its sound."""
+def add_sound(
+    mp4: Path, wav: Path, seconds: float, skip_s: float = 0.0, timeout: float = 60.0
+) -> None:
+    """Puts `wav` into `mp4` as an AAC track (the picture stream-copied, the sound from `skip_s`,
+    where the picture starts, cut at the picture's length), so a browser plays it with sound."""
     out = mp4.with_suffix(".sound.mp4")
     done = subprocess.run(
         [shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-y", "-i", str(mp4),
-         "-t", f"{seconds:.4f}", "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0",
+         "-ss", f"{skip_s:.4f}", "-t", f"{seconds:.4f}", "-i", str(wav),
+         "-map", "0:v:0", "-map", "1:a:0",
          "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart", str(out)],
         capture_output=True, timeout=timeout, check=False,
     )  # fmt: skip
@@ -166,6 +171,9 @@ class AudioTrack:
             try:
                 block = ring.read(self.next, count)
             except Overrun as exc:
+                if self.next == self.start:  # the pre-roll begins before the ring: start later
+                    self.start = self.next = min(upto, exc.oldest)
+                    continue
                 gap = min(upto, exc.oldest) - self.next
                 self.lost += gap
                 self._file.write(np.zeros(gap, np.float32))
@@ -199,10 +207,9 @@ class VideoTrack:
         self, path: Path, t0: float, fps: float, shape: tuple[int, ...], encoder: list[str]
     ) -> None:
         height, width = shape[0], shape[1]
-        self.path, self.t0, self.fps = path, t0, fps
-        self.count: int | None = None  # output frames in all, once the end is known
+        self.path, self.t0, self.fps = path, t0, fps  # t0: moved to the first frame held
+        self.t1: float | None = None  # the end, once known
         self.written = 0
-        self.padded = 0  # output frames before the first frame held by the ring
         self._seen_t = -math.inf
         self._last: U8 | None = None
         self._proc = subprocess.Popen(
@@ -214,7 +221,12 @@ class VideoTrack:
         )  # fmt: skip
 
     def set_end(self, t1: float) -> None:
-        self.count = max(0, round((t1 - self.t0) * self.fps))
+        self.t1 = t1
+
+    @property
+    def count(self) -> int | None:
+        """Output frames in all, once the end is known."""
+        return None if self.t1 is None else max(0, round((self.t1 - self.t0) * self.fps))
 
     def _emit(self, frame: U8) -> None:
         stdin: IO[bytes] | None = self._proc.stdin
@@ -230,13 +242,14 @@ class VideoTrack:
             if t <= self._seen_t:
                 continue
             self._seen_t = t
+            if self._last is None and t > self.t0:  # the ring begins after the pre-roll does
+                self.t0 = t  # the clip starts with its first real frame, not a frozen one
             # every slot before this frame's time shows the newest earlier frame
             while (self.count is None or self.written < self.count) and self._slot(
                 self.written
             ) < t - 1e-6:
-                if self._last is None:
-                    self.padded += 1
-                self._emit(frame if self._last is None else self._last)
+                assert self._last is not None
+                self._emit(self._last)
             self._last = frame
 
     def done(self) -> bool:
@@ -305,7 +318,6 @@ class ClipStats:
     dropped: int = 0  # events the queue had no room for
     failed: int = 0
     lost_samples: int = 0
-    padded_frames: int = 0
     no_video: int = 0  # clips written without their MP4 (no ffmpeg)
     prune_failed: int = 0  # files the pruning could not delete (last prune)
     errors: int = 0  # unexpected errors the writer thread survived
@@ -358,12 +370,25 @@ class ClipWriter:
         except OSError as exc:
             log.error("cannot make the clip folder %s (%s): events will have no clips", self.folder,
                       exc.strerror)  # fmt: skip
+        self._warn_short_rings()
         if self.frames is not None:
             self._encoder = video_encoder()
             if self._encoder is None:
                 log.warning("ffmpeg is not installed: event clips are the WAV alone, without "
                             "the camera's MP4 (install ffmpeg)")  # fmt: skip
         self._thread.start()
+
+    def _warn_short_rings(self) -> None:
+        """A pre-roll longer than a ring holds: the clips start later than `pre_s` asks."""
+        held = {"audio.ring_s": self.audio.capacity / RATE if self.audio else None}
+        held["video.ring_s"] = self.frames.capacity / self.fps if self.frames else None
+        for key, seconds in held.items():
+            if seconds is not None and self.config.pre_s > seconds + 1e-6:
+                log.warning(
+                    "video.clips.pre_s is %g s but %s is %g s: clips start at most %g s before "
+                    "their event (raise %s or lower the pre-roll)",
+                    self.config.pre_s, key, seconds, seconds, key,
+                )  # fmt: skip
 
     def stop(self, timeout: float) -> None:
         """Finish the clips under way with the data there is, then stop."""
@@ -512,8 +537,8 @@ class ClipWriter:
 
     def _finish(self, key: str, job: Job) -> None:
         del self._jobs[key]
-        clip: Clip = {"start_s": round(job.start_s, 3)}
-        durations = []
+        clip: Clip = {}
+        spans = []
         for name, track in (("audio", job.audio), ("video", job.video)):
             if track is None:
                 continue
@@ -529,27 +554,29 @@ class ClipWriter:
                 log.info("clip %s: no picture, the camera delivered no frame in its span",
                          track.path.name)  # fmt: skip
                 continue
-            durations.append(duration)
+            start = track.start / RATE if isinstance(track, AudioTrack) else track.t0
+            spans.append((start, start + duration))
             clip[name] = {
                 "path": str(track.path),
+                "start_s": round(start, 3),
                 "duration_s": round(duration, 4),
                 "sha256": sha256(track.path),
             }
         if "audio" in clip and "video" in clip:  # one file that plays with its sound
             try:
-                video = clip["video"]
-                add_sound(Path(video["path"]), Path(clip["audio"]["path"]), video["duration_s"])
+                video, skip = clip["video"], spans[1][0] - spans[0][0]
+                add_sound(Path(video["path"]), Path(clip["audio"]["path"]), video["duration_s"],
+                          max(0.0, skip))  # fmt: skip
                 video["sha256"], video["sound"] = sha256(Path(video["path"])), True
             except (OSError, subprocess.TimeoutExpired) as exc:  # the picture alone is kept
                 log.warning("could not add the sound to %s: %s", clip["video"]["path"], exc)
         if job.audio is not None:
             self.stats.lost_samples += job.audio.lost
-        if job.video is not None:
-            self.stats.padded_frames += job.video.padded
-        if not durations:
+        if not spans:
             self._prune()
             return
-        clip["end_s"] = round(job.start_s + durations[0], 3)  # audio's when there is audio
+        # the span of the audio when there is audio (the picture may start later)
+        clip["start_s"], clip["end_s"] = round(spans[0][0], 3), round(spans[0][1], 3)
         self.stats.written += 1
         log.info("clip for %s written: %s", job.event.category, clip)
         self._prune()

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import soundfile
@@ -433,3 +434,50 @@ def test_a_full_disk_says_so_and_leaves_no_partial_clip(tmp_path: Path) -> None:
     assert out["health"]["clips_failed"] == 1, out
     assert len(out["clips"]) == 1, out
     assert out["clips"][0]["audio"]["duration_s"] >= 3.9, out
+
+
+def test_a_pre_roll_longer_than_the_rings_starts_where_the_data_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`pre_s` 3 s with 1 s of frames and 2 s of sound held: the MP4 starts at the oldest frame
+    still held (it opened with 2 s of one frozen frame presented as footage) and the WAV at the
+    oldest sample (it opened with silence); each track's `start_s` says where it starts, and
+    the mismatch of pre_s and the rings is warned about when the writer starts."""
+    ring, frames = AudioRing(RATE * 2), FrameRing(10, (48, 64, 3))
+    clips: list[dict[str, Any]] = []
+    writer = ClipWriter(
+        ClipsConfig(pre_s=3.0, post_s=0.5), tmp_path / "clips", lambda e, c: clips.append(c),
+        audio=ring, frames=frames, fps=10.0,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="edge.clips"):
+        writer.start()
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "video.clips.pre_s" in warnings, warnings
+    assert "video.ring_s" in warnings, warnings
+    assert "audio.ring_s" in warnings, warnings
+    try:
+        for step in range(70):  # 7 s, one frame (grey level 2 * step) per 0.1 s of sound
+            ring.write(np.full(1600, 0.1, np.float32))
+            frames.write(np.full((48, 64, 3), 2 * step, np.uint8), step / 10)
+            if step == 40:  # the ring holds frames 3.1-4.0 s now, sound 2.1-4.1 s
+                writer.offer(event("start", 4.0, 4.0))
+            if step == 55:
+                writer.offer(event("end", 4.0, 5.0))
+            time.sleep(0.01)
+        wait_for(lambda: clips, 20, "no clip")
+    finally:
+        writer.stop(10)
+    clip = clips[0]
+    assert clip["video"]["start_s"] == 3.1, clip
+    assert clip["audio"]["start_s"] == 2.1, clip
+    assert (clip["start_s"], clip["end_s"]) == (2.1, 5.5), clip
+    assert clip["video"]["duration_s"] == 2.4, clip
+    assert clip["audio"]["duration_s"] == 3.4, clip
+    mp4 = Path(clip["video"]["path"])
+    assert ffprobe(mp4, "stream=nb_read_frames") == "24"
+    ok, first = cv2.VideoCapture(str(mp4)).read()
+    assert ok
+    assert abs(float(first.mean()) - 62) < 4  # the frame of 3.1 s, not a frozen 3.1 s
+    sound = float(ffprobe(mp4, "stream=duration", "a:0"))
+    assert 2.3 < sound <= 2.47
+    assert writer.stats.lost_samples == 0
