@@ -127,19 +127,39 @@ def file_frames(
         cap.release()
 
 
-class FrameRing:
-    """Preallocated frames addressed by absolute index; one writer that never waits."""
+def letterbox(frame: U8, shape: tuple[int, ...]) -> U8:
+    """`frame` fitted into `shape` (height, width, 3), its aspect kept, with black bars."""
+    height, width = shape[:2]
+    h, w = frame.shape[:2]
+    scale = min(width / w, height / h)
+    fw, fh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    out = np.zeros(shape, np.uint8)
+    top, left = (height - fh) // 2, (width - fw) // 2
+    out[top : top + fh, left : left + fw] = cv2.resize(
+        frame, (fw, fh), interpolation=cv2.INTER_AREA
+    )
+    return out
 
-    def __init__(self, capacity: int, shape: tuple[int, int, int]) -> None:
+
+class FrameRing:
+    """Frames addressed by absolute index; one writer that never waits.
+
+    The frames take the shape of the first one written (the camera's aspect, downscaled), when
+    the memory is allocated once; a later frame of another shape is letterboxed into it.
+    """
+
+    def __init__(self, capacity: int, shape: tuple[int, int, int] | None = None) -> None:
         self.capacity = capacity
-        self._frames = np.zeros((capacity, *shape), np.uint8)
+        self._frames = np.zeros((capacity, *shape) if shape else (0, 0, 0, 3), np.uint8)
         self._times = np.zeros(capacity, np.float64)
         self.head = 0  # absolute index one past the newest frame
 
     def write(self, frame: U8, t: float) -> None:
         slot = self.head % self.capacity
+        if not len(self._frames):
+            self._frames = np.zeros((self.capacity, *frame.shape), np.uint8)
         if frame.shape != self._frames.shape[1:]:
-            frame = np.asarray(cv2.resize(frame, self._frames.shape[2:0:-1]), np.uint8)
+            frame = letterbox(frame, self._frames.shape[1:])
         self._frames[slot] = frame
         self._times[slot] = t
         self.head += 1

@@ -101,8 +101,8 @@ class VideoWorker:
         self.video = video
         self.sink = sink
         self.on_event = on_event
-        shape = (round(video.width * 3 / 4), video.width, 3)  # resized on write if different
-        self.ring = FrameRing(max(2, int(video.ring_s * video.max_fps)), shape)
+        # the frames keep the camera's aspect: the ring takes the first frame's shape
+        self.ring = FrameRing(max(2, int(video.ring_s * video.max_fps)))
         self.camera = CameraSource(
             video.source, self.ring, video.width, video.max_fps, video.rtsp_transport,
             video.retry_max_s,

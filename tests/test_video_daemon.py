@@ -10,8 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edge.camera import FrameRing, file_frames
 from edge.events import Event
 from edge.flow import U8
 from edge.fusion import FusionSink
@@ -152,3 +154,51 @@ def test_the_daemon_clears_a_violence_state_left_on_by_a_crash(
     assert retained(mosquitto.port, topic) == "OFF"
     discovery = retained(mosquitto.port, "homeassistant/binary_sensor/cam_1/violence/config")
     assert json.loads(discovery)["state_topic"] == topic
+
+
+def test_a_wide_camera_keeps_its_shape_and_live_frames_equal_analyze_frames(
+    tmp_path: Path,
+) -> None:
+    """A 16:9 camera was squashed into a 4:3 ring (320x240): distorted clips and preview, and
+    the live analysis saw other pixels than `safeguard analyze`. The ring takes the camera's
+    shape from its first frame: the live frame is the one analyze reads at that time."""
+    wide, fight = tmp_path / "wide.mp4", require_shared(VIDEO_DEV / "clips" / "fi001.mp4")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(fight),
+         "-vf", "scale=480:360,pad=640:360:80:0", "-an", "-c:v", "libx264", "-preset",
+         "ultrafast", "-pix_fmt", "yuv420p", str(wide)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    video = VideoConfig(source=f"file:{wide}")
+    worker = VideoWorker(video, require_models(), Collect(), origin_wall=time.time())
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while worker.camera.stats.frames < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop(5.0)
+    latest = worker.ring.latest()
+    assert latest is not None
+    _, t, live = latest
+    assert live.shape == (180, 320, 3)
+    offline = {round(ft, 3): frame for ft, frame in file_frames(wide, 1000.0, video.width)}
+    np.testing.assert_array_equal(live, offline[round(t, 3)])
+
+
+def test_frames_of_another_shape_are_letterboxed_not_stretched() -> None:
+    """The ring's shape is its first frame's; a later frame of another shape (a camera that
+    came back at another resolution) is fitted with black bars, its aspect kept."""
+    ring = FrameRing(4)
+    assert ring.latest() is None
+    assert ring.since(0.0) == []
+    ring.write(np.full((180, 320, 3), 50, np.uint8), 0.0)
+    ring.write(np.full((240, 320, 3), 200, np.uint8), 0.1)  # 4:3 into 16:9: bars left and right
+    latest = ring.latest()
+    assert latest is not None
+    frame = latest[2]
+    assert frame.shape == (180, 320, 3)
+    assert (frame[:, 160] == 200).all()
+    assert (frame[:, :20] == 0).all()
+    assert (frame[:, -20:] == 0).all()
+    assert (frame[:, 41:279] == 200).all()
