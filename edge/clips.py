@@ -56,6 +56,9 @@ GRACE_S = 5.0  # after end + post-roll: how long to wait for data that may not c
 MAX_CLIP_S = 600.0  # an event still open after this long is closed (its end was lost)
 PRUNE_EVERY_S = 3600.0
 STALE_S = 1.0  # a newest frame older than the clip's start by this much: the camera is away
+# the daemon's own files, `<stamp>_<category>_<key>.(wav|mp4)` (and an interrupted step's): the
+# only ones retention and the quota count and delete; anything else in the folder is left alone
+OWN_FILE = re.compile(r"\d{8}T\d{6}Z_[A-Za-z0-9_-]+_[A-Za-z0-9]*(\.sound|\.trim)?\.(wav|mp4)")
 LOW_SPACE = 1 << 20  # a clip that fails with less free space than this failed on a full disk
 Clip = dict[str, Any]
 
@@ -77,20 +80,22 @@ def prune(
     keep: frozenset[Path] = frozenset(),
     failed: dict[Path, str] | None = None,
 ) -> list[Path]:
-    """Delete files in `folder` older than `retention_s`, then the oldest until the rest fit
-    in `quota_bytes`; files in `keep` (clips being written) stay. The deleted paths; a file
-    (or the folder) that cannot be read or deleted is skipped and put in `failed` (path ->
-    reason)."""
+    """Delete clip files (`OWN_FILE`) in `folder` older than `retention_s`, then the oldest
+    until the rest fit in `quota_bytes`; files in `keep` (clips being written) stay. The
+    deleted paths; a file (or the folder) that cannot be read or deleted is skipped and put in
+    `failed` (path -> reason)."""
     now = time.time() if now is None else now
     failed = {} if failed is None else failed
     files: list[tuple[float, int, Path]] = []
-    total = 0  # the quota counts every file, kept ones too
+    total = 0  # the quota counts every clip file, kept ones too
     try:
         entries = list(folder.iterdir()) if folder.is_dir() else []
     except OSError as exc:
         failed[folder] = exc.strerror or str(exc)
         entries = []
     for path in entries:
+        if not OWN_FILE.fullmatch(path.name):
+            continue
         try:
             st = path.stat()
             if path.is_file():

@@ -138,15 +138,41 @@ def test_prune_by_retention_then_quota(tmp_path: Path) -> None:
     now = 1_800_000_000.0
     ages_days = {"a": 20, "b": 10, "c": 5, "d": 1, "e": 0}
     for name, days in ages_days.items():
-        path = tmp_path / f"{name}.wav"
+        path = tmp_path / clip_name(name, ".wav")
         path.write_bytes(b"x" * 1000)
         os.utime(path, (now - days * 86400, now - days * 86400))
     gone = prune(tmp_path, quota_bytes=1e9, retention_s=14 * 86400, now=now)
-    assert [p.name for p in gone] == ["a.wav"]
-    keep = frozenset({tmp_path / "b.wav"})  # a clip being written stays whatever its age
+    assert [p.name for p in gone] == [clip_name("a", ".wav")]
+    keep = frozenset({tmp_path / clip_name("b", ".wav")})  # being written: stays whatever its age
     gone = prune(tmp_path, quota_bytes=2500, retention_s=14 * 86400, now=now, keep=keep)
-    assert [p.name for p in gone] == ["c.wav", "d.wav"]  # oldest first until 2 files remain
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.wav", "e.wav"]
+    assert [p.name for p in gone] == [clip_name("c", ".wav"), clip_name("d", ".wav")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        clip_name("b", ".wav"), clip_name("e", ".wav")
+    ]  # fmt: skip
+
+
+def clip_name(key: str, suffix: str) -> str:
+    """A name the clip writer gives its files."""
+    return f"20261121T235249Z_violence_{key}37bec64{suffix}"
+
+
+def test_prune_deletes_only_the_clip_writers_own_files(tmp_path: Path) -> None:
+    """A README, a user's video or a subfolder in the clip folder are neither deleted nor
+    counted in the quota (retention and the quota removed any file)."""
+    now = 1_800_000_000.0
+    names = [
+        "README.txt", "holiday.mp4", "notes_2026.wav", clip_name("a", ".wav"),
+        clip_name("b", ".mp4"), clip_name("c", ".sound.mp4"),
+    ]  # fmt: skip
+    for name in names:
+        path = tmp_path / name
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - 30 * 86400, now - 30 * 86400))
+    (tmp_path / "mine").mkdir()
+    gone = prune(tmp_path, quota_bytes=1e9, retention_s=14 * 86400, now=now)
+    assert sorted(p.name for p in gone) == sorted(names[3:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.txt", "holiday.mp4", "mine",
+                                                          "notes_2026.wav"]  # fmt: skip
 
 
 def run_daemon(tmp_path: Path, audio: str, video: str, timeout: float = 90) -> list[dict[str, Any]]:
@@ -273,7 +299,7 @@ def test_a_file_the_pruning_cannot_delete_costs_no_clip(tmp_path: Path) -> None:
     health; the writer thread goes on writing clips (it died at the first prune)."""
     folder = tmp_path / "clips"
     folder.mkdir()
-    old = folder / "old_big.mp4"
+    old = folder / clip_name("old", ".mp4")
     old.write_bytes(b"\0" * 11_000_000)
     os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     ring = AudioRing(RATE * 10)
@@ -296,7 +322,7 @@ def test_a_file_the_pruning_cannot_delete_costs_no_clip(tmp_path: Path) -> None:
     health = writer.health()
     assert health["clips_written"] == 2, health
     assert health["clips_undeletable"] == 1, health
-    assert "old_big.mp4" in str(health["clips_error"]), health
+    assert old.name in str(health["clips_error"]), health
     assert old.exists()
     assert all(Path(c["audio"]["path"]).is_file() for c in clips)
 
