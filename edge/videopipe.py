@@ -108,7 +108,7 @@ class VideoWorker:
             video.retry_max_s,
         )  # fmt: skip
         self.analyzer = build_analyzer(video, load_backbone(models_dir, video.threads), origin_wall)
-        self.events = 0
+        self.events = 0  # events started (not their start/update/end messages)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="video", daemon=True)
 
@@ -122,7 +122,7 @@ class VideoWorker:
         self._thread.join(timeout)
 
     def _deliver(self, events: list[Event]) -> None:
-        self.events += len(events)
+        self.events += sum(event.phase == "start" for event in events)
         deliver(events, self.sink, self.on_event)
 
     def _run(self) -> None:
@@ -179,7 +179,7 @@ class VideoWorker:
             "video_capture": cam.state,
             "video_error": cam.error,
             "video_frames": cam.frames,
-            "video_dropped": cam.dropped,
+            "video_thinned": cam.thinned,
             "video_reopens": cam.reopens,
             "video_analysed": s.offered,
             "video_motion": s.motion,

@@ -202,3 +202,38 @@ def test_frames_of_another_shape_are_letterboxed_not_stretched() -> None:
     assert (frame[:, :20] == 0).all()
     assert (frame[:, -20:] == 0).all()
     assert (frame[:, 41:279] == 200).all()
+
+
+def test_video_counters_count_events_and_thinned_frames(tmp_path: Path) -> None:
+    """`video_events` counts events (it counted start, update and end messages), and frames
+    over video.max_fps are `video_thinned` (they were `video_dropped`, which read like loss);
+    a 25 fps camera is kept at max_fps 15 (the 0.9 * gap rule kept 12.5, so one clip frame in
+    six was a duplicate)."""
+    fight = tmp_path / "fight.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-stream_loop", "2", "-i",
+         str(require_shared(VIDEO_DEV / "clips" / "fi001.mp4")), "-an", "-c:v", "copy",
+         str(fight)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    out = Collect()
+    worker = VideoWorker(
+        VideoConfig(source=f"file:{fight}", max_fps=15), require_models(), out, time.time()
+    )
+    worker.start()
+    try:
+        assert worker.camera.ended.wait(20)
+        time.sleep(2.5)  # the hold after the last frame ends the event
+    finally:
+        worker.stop(5.0)
+    health = worker.health()
+    starts = [e for e in out.events if e.phase == "start"]
+    assert starts, out.events
+    assert len(out.events) > len(starts)
+    assert health["video_events"] == len(starts), health
+    assert "video_dropped" not in health
+    kept, thinned = health["video_frames"], health["video_thinned"]
+    assert isinstance(kept, int)
+    assert isinstance(thinned, int)
+    seconds = (kept + thinned) / 25
+    assert abs(kept / seconds - 15) < 0.6, health
