@@ -83,7 +83,7 @@ class InferenceWorker:
         self._thread.join(timeout)
 
     def _deliver(self, events: list[Event]) -> None:
-        self.events += len(events)
+        self.events += sum(event.phase == "start" for event in events)  # events, not messages
         self.errors += deliver(events, self.sink, self.on_event)
 
     def _run(self) -> None:
