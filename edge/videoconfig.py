@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.smoothing import SmoothingConfig
 
@@ -109,3 +109,12 @@ class VideoConfig(BaseModel):
         if value == "none" or re.match(r"^(/dev/video\d+|file:.+|rtsps?://.+|gst:.+)$", value):
             return value
         raise ValueError('must be "none", "/dev/videoN", "file:/path", "rtsp://..." or "gst:..."')
+
+    @model_validator(mode="after")
+    def _rates(self) -> VideoConfig:
+        if self.fps > self.max_fps:
+            raise ValueError(
+                f"fps ({self.fps:g}) must not be above max_fps ({self.max_fps:g}): the analysis "
+                "would see repeated frames"
+            )
+        return self

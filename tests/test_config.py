@@ -167,3 +167,9 @@ def test_the_shipped_config_names_no_device_and_no_place() -> None:
 
 def test_a_section_left_with_comments_only_takes_its_defaults() -> None:
     assert parse_config("device:\n  # id: kitchen-pi\naudio:\n").device == Config().device
+
+
+def test_the_analysis_rate_cannot_exceed_the_kept_frame_rate() -> None:
+    message = error_of("video: {fps: 30, max_fps: 5}\n")
+    assert "video" in message
+    assert "fps (30) must not be above max_fps (5)" in message
