@@ -83,7 +83,9 @@ class VideoConfig(BaseModel):
         0.01, ge=0, le=1, description="Fraction of changed pixels that opens the motion gate."
     )
     head: Path | None = Field(
-        None, description="The violence head file (null: the shipped heads/violence.npz)."
+        None,
+        description="The violence head file, relative to models_tflite/heads/ unless absolute "
+        "(null: the shipped violence.npz).",
     )
     severity: Literal["info", "warning", "critical"] = Field(
         "warning", description="Severity of a violence alert seen by the camera alone."

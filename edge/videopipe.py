@@ -30,7 +30,7 @@ def load_backbone(models_dir: Path, threads: int = 1) -> Backbone:
 def build_analyzer(
     video: VideoConfig, backbone: Backbone, origin_wall: float = 0.0
 ) -> VideoAnalyzer:
-    head = load_video_head(video.head or HEADS / "violence.npz")
+    head = load_video_head(HEADS / (video.head or "violence.npz"))  # an absolute path stays
     trained = head.metadata.get("params", {})
     for key in ("fps", "width"):
         if key in trained and trained[key] != getattr(video, key):

@@ -75,6 +75,18 @@ def test_a_rate_the_head_was_not_trained_for_is_named(caplog: pytest.LogCaptureF
     assert "--fps 4.0" in text
 
 
+def test_a_relative_video_head_is_found_beside_the_shipped_heads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`video.head: violence.npz` was read from the working directory (/ under systemd),
+    while the audio heads are found in models_tflite/heads/."""
+    monkeypatch.chdir(tmp_path)
+    backbone = load_backbone(require_models())
+    relative = build_analyzer(VideoConfig(head=Path("violence.npz")), backbone).head
+    absolute = build_analyzer(VideoConfig(head=HEADS / "violence.npz"), backbone).head
+    assert relative.bias == absolute.bias
+
+
 def test_flow_of_a_shifted_scene_is_the_shift_in_one_direction() -> None:
     rng = np.random.default_rng(1)
     scene = cv2.GaussianBlur(rng.integers(0, 255, (120, 200), dtype=np.uint8), (7, 7), 2)
