@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -412,3 +412,19 @@ class FreezableProxy:
         self.server.close()
         for sock in self.sockets:
             sock.close()
+
+
+def run_beside_shadows(python: str, args: Sequence[str], folder: Path) -> tuple[int, str, bool]:
+    """Run `python ARGS` in `folder`, which holds a package `edge` and an `argparse.py` that
+    would leave a marker if imported (as a writable working directory could hold them):
+    (exit code, stderr, whether any of them was imported)."""
+    shadow = folder / "edge"
+    shadow.mkdir()
+    marker = folder / "imported"
+    code = f"open({str(marker)!r}, 'w').close()\n"
+    for path in (shadow / "__init__.py", shadow / "health.py", folder / "argparse.py"):
+        path.write_text(code)
+    out = subprocess.run(
+        [python, *args], cwd=folder, capture_output=True, text=True, timeout=120, check=False
+    )
+    return out.returncode, out.stderr, marker.exists()

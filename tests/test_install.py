@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SHARED_MODELS, require_shared
+from tests.helpers import ROOT, SHARED_MODELS, require_shared, run_beside_shadows
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a fresh venv: ~75 s when idle
 
@@ -153,22 +153,10 @@ def test_the_root_start_step_imports_edge_from_the_venv_only(
     (line,) = unit_setting(unit, "ExecStartPre")
     argv = shlex.split(line.lstrip("-+@!:"))
     assert argv[0] == "/opt/safeguard/venv/bin/python"
-    shadow = tmp_path / "edge"
-    shadow.mkdir()
-    marker = tmp_path / "imported"
-    for name in ("__init__.py", "health.py"):
-        (shadow / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
     python = root / argv[0].lstrip("/")
-    out = subprocess.run(
-        [str(python), *argv[1:]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert not marker.exists(), "the start step imported edge from its working directory"
-    assert out.returncode == 0, out.stderr
+    code, err, imported = run_beside_shadows(str(python), argv[1:], tmp_path)
+    assert not imported, "the start step imported code from its working directory"
+    assert code == 0, err
     where = subprocess.run(
         [str(python), "-I", "-c", "import edge; print(edge.__file__)"],
         cwd=tmp_path,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_beside_shadows
 
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 MAX_EXPOSURE = 1.5
@@ -122,23 +122,9 @@ def test_the_root_start_step_does_not_import_from_the_working_directory(tmp_path
     argv = shlex.split(line[2:])
     (workdir,) = settings(unit, "WorkingDirectory")
     assert workdir == "/var/lib/safeguard"
-    shadow = tmp_path / "edge"
-    shadow.mkdir()
-    marker = tmp_path / "imported"
-    code = f"open({str(marker)!r}, 'w').close()\n"
-    for name in ("__init__.py", "health.py"):
-        (shadow / name).write_text(code)
-    (tmp_path / "argparse.py").write_text(code)
-    out = subprocess.run(
-        [sys.executable, *argv[1:]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert not marker.exists(), "the start step imported code from its working directory"
-    assert out.returncode == 0, out.stderr
+    code, err, imported = run_beside_shadows(sys.executable, argv[1:], tmp_path)
+    assert not imported, "the start step imported code from its working directory"
+    assert code == 0, err
 
 
 def test_the_listener_gets_its_config_as_a_credential() -> None:
