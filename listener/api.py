@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -46,6 +47,7 @@ async def db(state: State, fn: Callable[..., T], *args: Any, wait: float = DB_WA
 
 
 NO_NUL = r"^[^\x00]*$"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 CLIP_TYPES = ("audio/wav", "audio/x-wav", "audio/flac", "audio/mpeg", "video/mp4", "video/webm")
 
 Severity = Literal["info", "warning", "critical"]
@@ -115,6 +117,12 @@ class DeviceOut(BaseModel):
     alerts: int
 
 
+class Summary(BaseModel):
+    new_alerts: int
+    new_events: int
+    new_critical_events: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     mqtt: bool
@@ -181,25 +189,66 @@ def metrics(state: StateDep) -> Response:
 @router.get(
     "/api/alerts",
     response_model=list[AlertOut],
-    responses={400: {"description": "since without a time zone"}},
+    responses={400: {"description": "since without a time zone, before_id without before"}},
     tags=["alerts"],
 )
 async def list_alerts(
     state: StateDep,
+    request: Request,
     *,
     device: Text64 = None,
     category: Text64 = None,
     severity: Severity | None = None,
     status: Status | None = None,
-    since: Annotated[datetime | None, Query(description="received at or after (RFC 3339)")] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="received at or after (RFC 3339; a date alone is its midnight UTC)"),
+    ] = None,
+    event_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=NO_NUL,
+            description="only the messages of this event: its start and those with this event_id",
+        ),
+    ] = None,
+    before: Annotated[
+        datetime | None,
+        Query(description="paging: older than the message received at this time (RFC 3339)"),
+    ] = None,
+    before_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=NO_NUL,
+            description="paging: with before, the id of that message (the next page's cursor is "
+            "the last message's listener.received_at and id)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[dict[str, Any]]:
-    """Alerts, newest first."""
+    """Alerts, newest first (by time received, then id)."""
     if since is not None and since.tzinfo is None:
-        raise HTTPException(400, "since needs a time zone (e.g. Z)")
-    where = AlertFilter(device, category, severity, status, since)
+        if not _DATE.fullmatch(request.query_params.get("since", "")):
+            raise HTTPException(400, "since needs a time zone (e.g. Z)")
+        since = since.replace(tzinfo=timezone.utc)  # a date: its midnight UTC
+    if before is not None and before.tzinfo is None:
+        raise HTTPException(400, "before needs a time zone (e.g. Z)")
+    if before_id is not None and before is None:
+        raise HTTPException(400, "before_id needs before")
+    cursor = None if before is None else (before, before_id or "")  # no id: all of that time
+    where = AlertFilter(device, category, severity, status, since, event_id, cursor)
     return await db(state, state.store.list_alerts, where, limit, offset)
+
+
+@router.get("/api/summary", response_model=Summary, tags=["alerts"])
+async def summary(state: StateDep) -> dict[str, int]:
+    """What still needs a person: unacknowledged messages, and unacknowledged events (a
+    start, its updates and end count once), of which critical."""
+    return await db(state, state.store.summary)
 
 
 @router.get("/api/devices", response_model=list[DeviceOut], tags=["devices"])

@@ -52,8 +52,15 @@ def build_state(cfg: ListenerConfig, token: str, *, wait_for_database: bool = Fa
             if stored is not None:
                 hub.publish("alert", stored)
 
-    def on_device(device_id: str) -> None:
-        hub.publish("devices", {"device_id": device_id})
+    def on_device(device_id: str) -> None:  # the changed device itself: no aggregate query
+        if hub.has_subscribers():
+            try:
+                device = store.get_device(device_id)
+            except SQLAlchemyError as exc:  # the page shows the older state; nothing is lost
+                log.debug("cannot announce device %s: %s", device_id, one_line(exc))
+                return
+            if device is not None:
+                hub.publish("devices", device)
 
     ingest = Ingest(
         cfg, store, metrics, on_stored=on_stored, on_peer_ack=on_peer_ack, on_device=on_device

@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, false, func, select, update
+from sqlalchemy import Engine, case, create_engine, event, false, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -100,6 +100,8 @@ class AlertFilter:
     severity: str | None = None
     status: str | None = None
     since: datetime | None = None
+    event_id: str | None = None  # the messages of one event: its start and what shares its id
+    before: tuple[datetime, str] | None = None  # (received_at, id): older than this message
 
 
 def engine_url(url: str) -> str:
@@ -315,6 +317,16 @@ class Store:
                 query = query.where(column == value)
         if where.since is not None:
             query = query.where(alerts.c.received_at >= where.since.astimezone(timezone.utc))
+        if where.event_id is not None:
+            query = query.where(
+                (alerts.c.id == where.event_id) | (alerts.c.event_id == where.event_id)
+            )
+        if where.before is not None:  # keyset paging: the order below, after this message
+            at, before_id = where.before[0].astimezone(timezone.utc), where.before[1]
+            query = query.where(
+                (alerts.c.received_at < at)
+                | ((alerts.c.received_at == at) & (alerts.c.id < before_id))
+            )
         query = query.order_by(alerts.c.received_at.desc(), alerts.c.id.desc())
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
@@ -330,6 +342,40 @@ class Store:
         if len(rows) > 1:
             raise AmbiguousAlert(alert_id, [str(r["device_id"]) for r in rows])
         return _to_api(rows[0]) if rows else None
+
+    def summary(self) -> dict[str, int]:
+        """What still needs a person: unacknowledged messages, and events (a start with its
+        updates and end, or a message without an event) none of whose messages is handled."""
+        event = func.coalesce(alerts.c.event_id, alerts.c.id)
+        other = alerts.alias("other")
+        handled = (
+            select(other.c.id)
+            .where(
+                other.c.device_id == alerts.c.device_id,
+                (other.c.id == event) | (other.c.event_id == event),
+                other.c.status != "new",
+            )
+            .exists()
+        )
+        worst = func.max(case((alerts.c.severity == "critical", 1), else_=0))
+        events = (
+            select(worst.label("critical"))
+            .where(alerts.c.status == "new", ~handled)
+            .group_by(alerts.c.device_id, event)
+            .subquery()
+        )
+        with self.engine.connect() as conn:
+            new = conn.execute(
+                select(func.count()).select_from(alerts).where(alerts.c.status == "new")
+            ).scalar_one()
+            row = conn.execute(
+                select(func.count(), func.coalesce(func.sum(events.c.critical), 0))
+            ).one()
+        return {
+            "new_alerts": int(new),
+            "new_events": int(row[0]),
+            "new_critical_events": int(row[1]),
+        }
 
     def count_alerts(self) -> int:
         with self.engine.connect() as conn:
@@ -367,6 +413,21 @@ class Store:
         out = [_to_api(r) for r in rows]
         out.sort(key=lambda a: a["id"] != alert_id)
         return out
+
+    def get_device(self, device_id: str) -> dict[str, Any] | None:
+        """A device's last status and health (one row, no alert counts)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
+        if row is None:
+            return None
+        found = row._mapping
+        return {
+            "device_id": device_id,
+            "status": found["status"],
+            "status_at": _iso(found["status_at"]),
+            "health": found["health"],
+            "health_at": _iso(found["health_at"]),
+        }
 
     def list_devices(self) -> list[dict[str, Any]]:
         last = (

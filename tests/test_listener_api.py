@@ -325,3 +325,48 @@ def test_acknowledging_or_resolving_applies_to_the_whole_event(
     assert [status(a) for a in (start, update, end)] == [("resolved", "ann", "bob")] * 3
     again = client.post(f"/api/alerts/{update['id']}/resolve", json={"by": "eve"}, headers=AUTH)
     assert again.json()["listener"]["resolved_by"] == "bob"  # the first resolution is kept
+
+
+def test_event_filter_keyset_paging_and_summary(api: tuple[TestClient, State]) -> None:
+    """`event_id=` lists one event's messages; `before`/`before_id` page through messages that
+    share a receive time (one batch) without skipping any; `/api/summary` counts what is
+    unacknowledged, an event once."""
+    client, state = api
+    batch_time = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    batch = [make_alert("busy-pi", severity="info") for _ in range(7)]
+    state.store.store_alerts(batch, batch_time)  # one received_at for all seven
+    start = make_alert("porch-pi", event="start", severity="critical")
+    update = make_alert("porch-pi", event="update", event_id=start["id"], severity="critical")
+    end = make_alert("porch-pi", event="end", event_id=start["id"], severity="critical")
+    state.store.store_alerts([start], batch_time + timedelta(seconds=1))
+    state.store.store_alerts([update, end], batch_time + timedelta(seconds=2))
+
+    got = client.get(f"/api/alerts?event_id={start['id']}&device=porch-pi", headers=AUTH)
+    assert sorted(ids(got)) == sorted(str(a["id"]) for a in (start, update, end))
+
+    seen: list[str] = []
+    query = "/api/alerts?limit=3"
+    for _ in range(5):  # bounded: a server that ignored `before` would repeat page one
+        page = client.get(query, headers=AUTH)
+        seen += ids(page)
+        if len(page.json()) < 3:
+            break
+        last = page.json()[-1]
+        query = (
+            f"/api/alerts?limit=3&before={last['listener']['received_at']}&before_id={last['id']}"
+        ).replace("+", "%2B")
+    assert len(seen) == len(set(seen)) == 10
+    assert seen == ids(client.get("/api/alerts?limit=100", headers=AUTH))
+    assert client.get("/api/alerts?before_id=x", headers=AUTH).status_code == 400
+
+    counts = client.get("/api/summary", headers=AUTH).json()
+    assert counts == {"new_alerts": 10, "new_events": 8, "new_critical_events": 1}
+    late = make_alert("porch-pi", event="end", event_id=start["id"])
+    client.post(f"/api/alerts/{update['id']}/ack", json={"by": "ann"}, headers=AUTH)
+    state.store.store_alerts([late], batch_time + timedelta(seconds=3))  # after the ack
+    counts = client.get("/api/summary", headers=AUTH).json()
+    assert counts == {"new_alerts": 8, "new_events": 7, "new_critical_events": 0}
+
+    day = client.get("/api/alerts?since=2026-02-01&limit=1000", headers=AUTH)
+    assert len(ids(day)) == 11
+    assert ids(client.get("/api/alerts?since=2026-02-02", headers=AUTH)) == []

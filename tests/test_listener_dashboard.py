@@ -382,3 +382,158 @@ def test_alerts_stored_while_the_page_loads_are_all_shown(
     shown = set(page.eval_on_selector_all("#alerts li", "els => els.map(e => e.dataset.id)"))
     assert {str(a["id"]) for a in sent} <= shown
     device.close()
+
+
+def entries(page: Page) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = page.eval_on_selector_all(
+        "#alerts li",
+        "els => els.map(e => ({id: e.dataset.id, status: e.dataset.status, phase: e.dataset.phase,"
+        " meta: e.querySelector('.meta').textContent, play: e.querySelectorAll('.play').length}))",
+    )
+    return found
+
+
+def test_one_entry_per_event_with_its_peak_clip_and_state(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """start, update (with the clip) and end of one event are one entry: the start's score
+    and severity, the update's clip, ongoing then ended; acknowledging it handles all three."""
+    device = DeviceClient(mosquitto.port)
+    start = make_alert("porch-pi", event="start", severity="critical", score=0.81)
+    start["event_id"] = start["id"]
+    update = make_alert("porch-pi", event="update", severity="critical", score=0.02,
+                        event_id=start["id"])  # fmt: skip
+    end = make_alert("porch-pi", event="end", severity="critical", score=0.0, event_id=start["id"])
+    device.publish_alert(start)
+    device.publish_alert(update)
+    device.wait_acks(2)
+
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    row = f'li[data-id="{start["id"]}"]'
+    page.wait_for_selector(f'{row}[data-phase="ongoing"]', timeout=5_000)
+    put_clip(listener, str(update["id"]), media_files(tmp_path)["audio/wav"], "audio/wav")
+    page.wait_for_selector(f"{row} button.play", timeout=10_000)
+    device.publish_alert(end)
+    device.wait_acks(3)
+    page.wait_for_selector(f'{row}[data-phase="ended"][data-messages="3"]', timeout=5_000)
+    shown = entries(page)
+    assert len(shown) == 1, shown
+    assert shown[0]["meta"] == "critical · 0.81 · ended", shown
+    assert shown[0]["play"] == 1
+    page.click(f"{row} button.play")
+    assert played(page, "audio")["error"] is None
+
+    page.fill("#who", "dora")
+    page.click(f"{row} button.ack")
+    page.wait_for_selector(f'{row}[data-status="acknowledged"]', timeout=5_000)
+    for alert in (start, update, end):
+        got = get_json(f"{listener}/api/alerts/{alert['id']}")["listener"]
+        assert (got["status"], got["acknowledged_by"]) == ("acknowledged", "dora"), alert["event"]
+    page.click(f"{row} button.resolve")
+    page.wait_for_selector(f'{row}[data-status="resolved"]', timeout=5_000)
+    assert {get_json(f"{listener}/api/alerts/{a['id']}")["listener"]["status"]
+            for a in (start, update, end)} == {"resolved"}  # fmt: skip
+    page.wait_for_selector('#summary[data-new="0"]', timeout=5_000)
+    assert len(entries(page)) == 1
+    assert errors == []
+    device.close()
+
+
+def test_older_alerts_can_be_shown_and_unacknowledged_ones_are_counted(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto
+) -> None:
+    """More than a page (200) of alerts: the page counts every unacknowledged event, shows
+    older ones on demand without gaps or doubles, and an event whose start is older than the
+    first page is shown with its start's score."""
+    device = DeviceClient(mosquitto.port)
+    start = make_alert("old-pi", event="start", severity="critical", score=0.77)
+    start["event_id"] = start["id"]
+    device.publish_alert(start)
+    device.wait_acks(1)
+    filler = [make_alert(f"busy-{i % 4}", severity="info", category="glass") for i in range(250)]
+    for alert in filler:
+        device.publish_alert(alert)
+    device.wait_acks(251, timeout=30)
+    end = make_alert("old-pi", event="end", severity="critical", score=0.0, event_id=start["id"])
+    device.publish_alert(end)
+    device.wait_acks(252)
+
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    row = f'li[data-id="{start["id"]}"]'
+    page.wait_for_selector(f'{row}[data-messages="2"]', timeout=5_000)  # its start fetched
+    assert page.inner_text(f"{row} .meta") == "critical · 0.77 · ended"
+    page.wait_for_selector('#summary[data-new="251"]', timeout=5_000)
+    assert page.inner_text("#summary") == "251 unacknowledged (1 critical)"
+    assert page.locator("#alerts li").count() == 200
+    page.click("#older")
+    page.wait_for_function("() => document.querySelectorAll('#alerts li').length === 251",
+                           timeout=10_000)  # fmt: skip
+    page.wait_for_selector("#older", state="hidden", timeout=5_000)
+    shown = [e["id"] for e in entries(page)]
+    assert len(shown) == len(set(shown)) == 251
+    assert set(shown) == {str(a["id"]) for a in [start, *filler]}
+    assert shown[0] == start["id"]  # the newest message was its end
+    page.fill("#who", "erin")
+    page.click(f"{row} button.ack")
+    page.wait_for_selector('#summary[data-new="250"]', timeout=5_000)
+    assert page.inner_text("#summary") == "250 unacknowledged (0 critical)"
+    assert page.locator("#empty").is_hidden()
+    assert errors == []
+    device.close()
+
+
+def test_an_empty_list_says_so_times_are_local_and_there_is_an_icon(
+    listener: str, browser: BrowserContext
+) -> None:
+    with urllib.request.urlopen(listener + "/favicon.svg", timeout=5) as response:
+        assert response.status == 200
+    context_page = browser.new_page()
+    failed: list[str] = []
+    context_page.on("requestfailed", lambda r: failed.append(r.url))
+    context_page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    context_page.goto(f"{listener}/#token={TOKEN}")
+    context_page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    context_page.wait_for_selector("#empty:not([hidden])", timeout=5_000)
+    assert "No alerts yet" in context_page.inner_text("#empty")
+    assert context_page.inner_text("#summary") == "all acknowledged"
+    shown = context_page.evaluate(
+        "() => { const t = timeEl('2026-11-21T23:55:40.523Z'); return [t.textContent, t.title]; }"
+    )
+    local = context_page.evaluate("() => new Date('2026-11-21T23:55:40.523Z').toLocaleString()")
+    assert shown == [local, "2026-11-21T23:55:40.523Z"]
+    assert [u for u in failed if "tile" not in u and "/{z}" not in u and ".png" not in u] == []
+
+
+def test_device_messages_update_one_line_without_a_devices_query(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto
+) -> None:
+    """A status or health message sends the changed device on the live stream: the open page
+    changes that line and does not query /api/devices (an aggregate over all alerts)."""
+    device = DeviceClient(mosquitto.port)
+    device.publish_raw("a-pi", b"online", suffix="status")
+    page = browser.new_page()
+    queried: list[str] = []
+    page.on("request", lambda r: queried.append(r.url) if "/api/devices" in r.url else None)
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    page.wait_for_selector('#devices li[data-device="a-pi"]', timeout=5_000)
+    before = len(queried)
+    for i in range(20):
+        device.publish_raw(f"d-{i:02d}", json.dumps({"uptime_s": i}).encode(), suffix="health")
+    device.publish_raw("a-pi", b"offline", suffix="status")
+    page.wait_for_function("() => document.querySelectorAll('#devices li').length === 21",
+                           timeout=10_000)  # fmt: skip
+    page.wait_for_selector('#devices li[data-device="a-pi"].offline', timeout=5_000)
+    assert page.get_attribute('#devices li[data-device="d-07"]', "title") == '{"uptime_s":7}'
+    names = page.eval_on_selector_all("#devices li", "els => els.map(e => e.dataset.device)")
+    assert names == sorted(names)
+    assert len(queried) == before, queried[before:]
+    device.close()

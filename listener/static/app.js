@@ -4,7 +4,9 @@
 "use strict";
 
 const state = {
-  token: "", alerts: new Map(), markers: new Map(), map: null, clipUrl: "",
+  token: "", events: new Map(), markers: new Map(), map: null, clipUrl: "",
+  cursor: null,  // the oldest message loaded by pages: where "Show older" goes on
+  summaryTimer: 0,
   run: 0,  // one follow() loop per successful log-in; an older loop stops
 };
 const $ = (id) => document.getElementById(id);
@@ -16,7 +18,7 @@ async function api(path, options = {}) {
   const headers = Object.assign({ Authorization: "Bearer " + state.token }, options.headers || {});
   const response = await fetch(path, Object.assign({}, options, { headers }));
   if (response.status === 401) {
-    showLogin(state.alerts.size ? "The token was refused (changed?). Enter the new one." : "Wrong token.");
+    showLogin(state.events.size ? "The token was refused (changed?). Enter the new one." : "Wrong token.");
     throw new Unauthorized();
   }
   return response;
@@ -36,10 +38,16 @@ function notice(message) {
   $("notice").hidden = !message;
 }
 
-// One alert is (device_id, id): two devices may use the same id.
+// One alert is (device_id, id): two devices may use the same id. One event is its start and
+// the updates and end that carry the start's id as event_id; the page shows one entry per event.
 const keyOf = (alert) => `${alert.device_id}/${alert.id}`;
+const eventIdOf = (alert) => alert.event_id || alert.id;
+const eventKeyOf = (alert) => `${alert.device_id}/${eventIdOf(alert)}`;
 const alertPath = (alert, tail = "") =>
   `/api/alerts/${encodeURIComponent(alert.id)}${tail}?device=${encodeURIComponent(alert.device_id)}`;
+const RANK = { new: 0, acknowledged: 1, resolved: 2 };
+const SEVERITY = { info: 0, warning: 1, critical: 2 };
+const PAGE = 200;
 
 function text(tag, value, cls) {
   const el = document.createElement(tag);
@@ -48,60 +56,119 @@ function text(tag, value, cls) {
   return el;
 }
 
-function renderAlert(alert) {
-  const h = alert.listener || {};
+// "2026-11-21T23:55:40.523Z" as this browser's local time (the raw value in the tooltip)
+function timeEl(value) {
+  const when = new Date(value);
+  const el = text("time", isNaN(when) ? value : when.toLocaleString(), "meta");
+  el.dateTime = el.title = value;
+  return el;
+}
+
+// What one entry shows: the highest severity and score of its messages (the start's peak),
+// the most advanced handling (a message stored after an acknowledgement is part of a handled
+// event), the clip of whichever message has one, ongoing until its end arrives.
+function summarize(event) {
+  const messages = [...event.messages.values()];
+  const lead = messages.find((m) => m.id === event.id) || messages[0];
+  let top = lead;
+  let score = -Infinity;
+  for (const m of messages) {
+    const rank = (x) => RANK[(x.listener || {}).status] || 0;
+    if (rank(m) > rank(top)) top = m;
+    score = Math.max(score, Number(m.score));
+  }
+  const severity = messages.reduce(
+    (a, m) => ((SEVERITY[m.severity] || 0) > (SEVERITY[a] || 0) ? m.severity : a), lead.severity);
+  const ended = messages.some((m) => m.event === "end");
+  const started = messages.some((m) => m.event === "start" || m.event === "update");
+  return {
+    lead, severity, score, handling: top.listener || {},
+    clip: messages.find((m) => (m.listener || {}).has_clip),
+    phase: ended ? "ended" : started ? "ongoing" : lead.event,
+  };
+}
+
+function renderEvent(event) {
+  const { lead, severity, score, handling: h, clip, phase } = summarize(event);
   const li = document.createElement("li");
-  li.dataset.id = alert.id;
-  li.dataset.device = alert.device_id;
+  li.dataset.id = event.id;
+  li.dataset.device = lead.device_id;
   li.dataset.status = h.status;
-  li.className = `alert sev-${alert.severity} status-${h.status}`;
-  li.append(text("span", alert.category, "category"));
-  li.append(text("span", alert.device_id, "device"));
-  li.append(text("span", `${alert.severity} · ${Number(alert.score).toFixed(2)} · ${alert.event}`, "meta"));
-  li.append(text("time", alert.started_at, "meta"));
+  li.dataset.phase = phase;
+  li.dataset.messages = String(event.messages.size);
+  li.className = `alert sev-${severity} status-${h.status}`;
+  li.append(text("span", lead.category, "category"));
+  li.append(text("span", lead.device_id, "device"));
+  li.append(text("span", `${severity} · ${score.toFixed(2)} · ${phase}`, "meta"));
+  li.append(timeEl(lead.started_at));
   const actions = document.createElement("span");
   actions.className = "actions";
   if (h.status === "new") {
     const ack = text("button", "Acknowledge", "ack");
-    ack.addEventListener("click", () => mark(alert, "ack"));
+    ack.addEventListener("click", () => mark(lead, "ack"));
     actions.append(ack);
   } else {
     actions.append(text("span", `${h.status} by ${h.resolved_by || h.acknowledged_by}`, "meta handled"));
   }
   if (h.status !== "resolved") {
     const resolve = text("button", "Resolve", "resolve");
-    resolve.addEventListener("click", () => mark(alert, "resolve"));
+    resolve.addEventListener("click", () => mark(lead, "resolve"));
     actions.append(resolve);
   }
-  if (h.has_clip) {
+  if (clip) {
     const play = text("button", "Play clip", "play");
-    play.addEventListener("click", () => playClip(alert));
+    play.addEventListener("click", () => playClip(clip));
     actions.append(play);
   }
   li.append(actions);
   return li;
 }
 
-function upsertAlert(alert, prepend) {
+// Adds or updates a message in its event's entry: a new entry goes on top ("top", live), at
+// the bottom ("bottom", an older page) or nowhere ("known": only events already shown).
+function upsertAlert(alert, where) {
+  const key = eventKeyOf(alert);
+  let event = state.events.get(key);
+  if (!event) {
+    if (where === "known") return;
+    event = { id: eventIdOf(alert), messages: new Map(), fetched: false };
+    state.events.set(key, event);
+  }
+  event.messages.set(keyOf(alert), alert);
   const list = $("alerts");
-  const fresh = renderAlert(alert);
+  const fresh = renderEvent(event);
   const old = list.querySelector(
-    `li[data-id="${CSS.escape(alert.id)}"][data-device="${CSS.escape(alert.device_id)}"]`);
+    `li[data-id="${CSS.escape(event.id)}"][data-device="${CSS.escape(alert.device_id)}"]`);
   if (old) old.replaceWith(fresh);
-  else if (prepend) list.prepend(fresh);
+  else if (where === "top") list.prepend(fresh);
   else list.append(fresh);
-  state.alerts.set(keyOf(alert), alert);
-  placeMarker(alert);
+  $("empty").hidden = true;
+  placeMarker(key, event);
+  if (alert.event_id && !event.fetched && !event.messages.has(`${alert.device_id}/${event.id}`)) {
+    event.fetched = true;  // its start is older than what is loaded: fetch the whole event
+    completeEvent(alert.device_id, event.id);
+  }
 }
 
-function placeMarker(alert) {
-  const h = alert.listener || {};
-  if (!state.map || h.lat == null || h.lon == null) return;
-  const label = `${alert.category} (${alert.severity}) on ${alert.device_id}`;
-  let marker = state.markers.get(keyOf(alert));
+async function completeEvent(device, eventId) {
+  try {
+    const response = await api(`/api/alerts?event_id=${encodeURIComponent(eventId)}` +
+      `&device=${encodeURIComponent(device)}&limit=1000`);
+    if (response.ok) for (const alert of await response.json()) upsertAlert(alert, "known");
+  } catch (err) {
+    // a 401 shows the login; otherwise the entry shows what it has
+  }
+}
+
+function placeMarker(key, event) {
+  const { lead, severity, handling: h } = summarize(event);
+  const at = [...event.messages.values()].map((m) => m.listener || {}).find((l) => l.lat != null);
+  if (!state.map || !at || at.lon == null) return;
+  const label = `${lead.category} (${severity}) on ${lead.device_id}`;
+  let marker = state.markers.get(key);
   if (!marker) {
-    marker = L.circleMarker([h.lat, h.lon], { radius: 8 }).addTo(state.map);
-    state.markers.set(keyOf(alert), marker);
+    marker = L.circleMarker([at.lat, at.lon], { radius: 8 }).addTo(state.map);
+    state.markers.set(key, marker);
   }
   marker.bindTooltip(text("span", label));  // an element: Leaflet would parse a string as HTML
   marker.setStyle({ color: h.status === "new" ? "#c62828" : "#607d8b" });
@@ -132,7 +199,8 @@ async function mark(alert, action) {
       return;
     }
     notice("");
-    upsertAlert(await response.json(), false);
+    upsertAlert(await response.json(), "known");
+    scheduleSummary();
   } catch (err) {
     if (!(err instanceof Unauthorized)) notice(`Could not ${doing}: ${err.message || err}`);
   }
@@ -172,6 +240,13 @@ function showPlayer(...children) {
   $("player").hidden = false;
 }
 
+function renderDevice(device) {
+  const li = text("li", `${device.device_id}: ${device.status || "unknown"}`, device.status || "");
+  li.dataset.device = device.device_id;
+  if (device.health) li.title = JSON.stringify(device.health);
+  return li;
+}
+
 async function loadDevices() {
   let response;
   try {
@@ -180,14 +255,43 @@ async function loadDevices() {
     return;  // a 401 shows the login; a network error: the live loop reconnects
   }
   if (!response.ok) return;
+  $("devices").replaceChildren(...(await response.json()).map(renderDevice));
+}
+
+// A `devices` event carries the device's new status and health: only its line changes.
+function upsertDevice(device) {
   const list = $("devices");
-  list.replaceChildren();
-  for (const device of await response.json()) {
-    const li = text("li", `${device.device_id}: ${device.status || "unknown"}`, device.status || "");
-    li.dataset.device = device.device_id;
-    if (device.health) li.title = JSON.stringify(device.health);
-    list.append(li);
+  const old = list.querySelector(`li[data-device="${CSS.escape(device.device_id)}"]`);
+  const fresh = renderDevice(device);
+  if (old) old.replaceWith(fresh);
+  else {
+    const after = [...list.children].find((li) => li.dataset.device > device.device_id);
+    list.insertBefore(fresh, after || null);
   }
+}
+
+// How many events wait for a person (also those not loaded on this page).
+async function loadSummary() {
+  let response;
+  try {
+    response = await api("/api/summary");
+  } catch (err) {
+    return;
+  }
+  if (!response.ok) return;
+  const counts = await response.json();
+  const el = $("summary");
+  el.dataset.new = String(counts.new_events);
+  el.dataset.critical = String(counts.new_critical_events);
+  el.textContent = counts.new_events
+    ? `${counts.new_events} unacknowledged (${counts.new_critical_events} critical)`
+    : "all acknowledged";
+  el.className = counts.new_critical_events ? "critical" : "";
+}
+
+function scheduleSummary() {
+  clearTimeout(state.summaryTimer);
+  state.summaryTimer = setTimeout(loadSummary, 300);
 }
 
 function setLive(live) {
@@ -202,8 +306,13 @@ async function handleEvent(kind, data) {
     await reload();
     setLive(true);
   } else if (kind === "alert" || kind === "update") {
-    upsertAlert(JSON.parse(data), kind === "alert");
-  } else if (kind === "devices") loadDevices();
+    upsertAlert(JSON.parse(data), kind === "alert" ? "top" : "known");
+    scheduleSummary();
+  } else if (kind === "devices") {
+    const device = JSON.parse(data);
+    if ("status" in device) upsertDevice(device);
+    else loadDevices();  // an older listener sends the id alone
+  }
 }
 
 // Server-sent events read through fetch, so that the token travels in a header.
@@ -244,18 +353,44 @@ async function follow(run) {
   }
 }
 
-async function reload() {
-  const response = await api("/api/alerts?limit=200");
+// One page of messages, newest first; with `older`, the page after the oldest one loaded.
+async function loadPage(older) {
+  let query = `/api/alerts?limit=${PAGE}`;
+  if (older && state.cursor) {
+    query += `&before=${encodeURIComponent(state.cursor.listener.received_at)}` +
+      `&before_id=${encodeURIComponent(state.cursor.id)}`;
+  }
+  const response = await api(query);
   if (!response.ok) {
     notice(`Could not load the alerts: ${await failure(response)}`);
-    return;
+    return null;
   }
   const alerts = await response.json();
+  if (alerts.length) state.cursor = alerts[alerts.length - 1];
+  $("older").hidden = alerts.length < PAGE;
+  return alerts;
+}
+
+async function reload() {
+  const alerts = await loadPage(false);
+  if (alerts === null) return;
   $("alerts").replaceChildren();
-  state.alerts.clear();
-  for (const alert of alerts) upsertAlert(alert, false);
+  state.events.clear();
+  for (const marker of state.markers.values()) marker.remove();
+  state.markers.clear();
+  for (const alert of alerts) upsertAlert(alert, "bottom");
+  $("empty").hidden = alerts.length > 0;
   notice("");
-  await loadDevices();
+  await Promise.all([loadDevices(), loadSummary()]);
+}
+
+async function showOlder() {
+  try {
+    const alerts = await loadPage(true);
+    if (alerts) for (const alert of alerts) upsertAlert(alert, "bottom");
+  } catch (err) {
+    if (!(err instanceof Unauthorized)) notice(`Could not load older alerts: ${err.message || err}`);
+  }
 }
 
 function initMap(config) {
@@ -290,6 +425,7 @@ async function start(token) {
 
 window.addEventListener("DOMContentLoaded", () => {
   $("who").value = localStorage.getItem("safeguard.who") || "";
+  $("older").addEventListener("click", showOlder);
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
   if (fromHash) history.replaceState(null, "", location.pathname);
   const token = fromHash || localStorage.getItem("safeguard.token");
