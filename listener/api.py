@@ -302,6 +302,7 @@ async def upload_clip(
     alert = await db(state, state.store.get_alert, alert_id, key[0])
     if alert is not None:
         state.hub.publish("update", alert)
+    state.ingest.relay_update(key[0], alert_id)  # the dashboards on the other instances
     return Response(status_code=204)
 
 
@@ -335,6 +336,7 @@ async def _mark(
         raise HTTPException(404, "no such alert")
     for alert in changed:  # the alert and the other messages of its event
         state.hub.publish("update", alert)
+        state.ingest.relay_update(alert["device_id"], alert["id"])  # and to the other instances
     return changed[0]
 
 

@@ -62,8 +62,20 @@ def build_state(cfg: ListenerConfig, token: str, *, wait_for_database: bool = Fa
             if device is not None:
                 hub.publish("devices", device)
 
+    def on_peer_update(device: str, alert_id: str) -> None:  # changed on another instance
+        if hub.has_subscribers():
+            stored = store.get_alert(alert_id, device)
+            if stored is not None:
+                hub.publish("update", stored)
+
     ingest = Ingest(
-        cfg, store, metrics, on_stored=on_stored, on_peer_ack=on_peer_ack, on_device=on_device
+        cfg,
+        store,
+        metrics,
+        on_stored=on_stored,
+        on_peer_ack=on_peer_ack,
+        on_device=on_device,
+        on_peer_update=on_peer_update,
     )
     return State(cfg, store, metrics, hub, ingest, token)
 

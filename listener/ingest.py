@@ -35,6 +35,7 @@ from listener.store import Key, Store, is_transient, key_of, one_line, utcnow
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 30  # longest wait between attempts to reach the broker, seconds
+UPDATE = "ack/update"  # <prefix>/<device>/ack/update: an alert changed on another instance
 
 StoredSink = Callable[[list[dict[str, Any]], datetime], None]
 
@@ -58,6 +59,7 @@ class Ingest:
         on_stored: StoredSink | None = None,
         on_peer_ack: Callable[[str, str], None] | None = None,
         on_device: Callable[[str], None] | None = None,
+        on_peer_update: Callable[[str, str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -65,6 +67,7 @@ class Ingest:
         self.on_stored = on_stored
         self.on_peer_ack = on_peer_ack
         self.on_device = on_device
+        self.on_peer_update = on_peer_update
         self.prefix = cfg.mqtt.prefix
         self._queue: queue.Queue[Pending] = queue.Queue(maxsize=4 * cfg.database.batch_size + 1000)
         # status, health and peer acks: handled off the network thread (a slow database must
@@ -146,6 +149,8 @@ class Ingest:
         ]
         if self.on_peer_ack is not None:
             topics.append((f"{p}/+/ack", SubscribeOptions(qos=0, noLocal=True)))
+        if self.on_peer_update is not None:
+            topics.append((f"{p}/+/{UPDATE}", SubscribeOptions(qos=1, noLocal=True)))
         client.subscribe(topics)
         log.info("connected to %s:%s, group %s", self.cfg.mqtt.host, self.cfg.mqtt.port, group)
         self._unreachable_said = False
@@ -208,7 +213,31 @@ class Ingest:
             except Exception:  # a bug must not end the thread
                 log.exception("unexpected error handling a message on %s", topic[:200])
 
+    def relay_update(self, device: str, alert_id: str) -> None:
+        """Tell the other instances that an alert changed here (acknowledged, resolved, a
+        clip), so that their live streams carry it too. Devices do not subscribe to it."""
+        payload = json.dumps({"id": alert_id})
+        self.client.publish(f"{self.prefix}/{device}/{UPDATE}", payload, qos=1)
+
+    def _peer_update(self, topic: str, payload: bytes) -> None:
+        device = topic_device(topic, self.prefix, UPDATE)
+        if self.on_peer_update is None or device is None or len(payload) > 1024:
+            return
+        try:
+            update = json.loads(payload)
+        except ValueError:
+            return
+        alert_id = update.get("id") if isinstance(update, dict) else None
+        if isinstance(alert_id, str):
+            try:
+                self.on_peer_update(device, alert_id)
+            except SQLAlchemyError as exc:  # the live view misses it; nothing is lost
+                log.debug("cannot announce the update of %s/%s: %s", device, alert_id, exc)
+
     def _device_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        if topic.endswith("/" + UPDATE):
+            self._peer_update(topic, payload)
+            return
         if topic.endswith("/ack"):
             if self.on_peer_ack is not None and len(payload) < 1024:
                 try:
