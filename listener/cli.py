@@ -7,14 +7,23 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from listener.app import build_state, create_app
-from listener.config import ConfigError, load, read_secret
+from listener.config import ConfigError, check_files, load, read_secret
+from listener.state import State
 from listener.store import StoreError
 
 log = logging.getLogger(__name__)
+
+DESCRIPTION = "Stores Safeguard alerts from MQTT, acknowledges them, serves the API and dashboard."
+EPILOG = (
+    "The API token comes from the environment variable SAFEGUARD_API_TOKEN or the systemd "
+    "credential api_token ($CREDENTIALS_DIRECTORY/api_token); the broker password from "
+    "SAFEGUARD_MQTT_PASSWORD or the credential mqtt_password."
+)
 
 
 class ListenError(Exception):
@@ -45,7 +54,9 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="safeguard-listener", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="safeguard-listener", description=DESCRIPTION, epilog=EPILOG
+    )
     parser.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
     parser.add_argument("--check", action="store_true", help="validate config and database")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
@@ -58,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     sockets: list[socket.socket] = []
     try:
         cfg = load(args.config)
+        check_files(cfg)
         token = read_secret("SAFEGUARD_API_TOKEN", "api_token")
         if not token:
             raise ConfigError(
@@ -77,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print("config and database OK")
         state.store.close()
         return 0
-    server = uvicorn.Server(
+    server = Server(
+        state,
         uvicorn.Config(
             create_app(state),
             host=cfg.http.host,
@@ -85,12 +98,25 @@ def main(argv: list[str] | None = None) -> int:
             log_level="debug" if args.debug else "info",
             timeout_graceful_shutdown=3,
             access_log=args.debug,
-        )
+        ),
     )
     for sock in sockets:
         log.info("serving on http://%s", _address(sock))
     server.run(sockets=sockets)
     return 0
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server that ends the live streams as soon as it is told to stop (it waits
+    for open connections before the app's own shutdown, and a stream never ends itself)."""
+
+    def __init__(self, state: State, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.state.hub.close_soon()
+        super().handle_exit(sig, frame)
 
 
 def _address(sock: socket.socket) -> str:

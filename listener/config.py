@@ -203,5 +203,21 @@ def read_secret(env_name: str, credential: str) -> str:
     if folder:
         candidate = Path(folder) / credential
         if candidate.is_file():
-            return candidate.read_text(encoding="utf-8").strip()
+            try:
+                return candidate.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                raise ConfigError(f"{candidate}: not UTF-8 text") from None
+            except OSError as exc:
+                raise ConfigError(f"{candidate}: cannot read: {exc.strerror}") from None
     return ""
+
+
+def check_files(cfg: ListenerConfig) -> None:
+    """ConfigError unless the files the config names can be read (before anything starts)."""
+    ca_file = cfg.mqtt.ca_file
+    if cfg.mqtt.tls and ca_file:
+        try:
+            with open(ca_file, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ConfigError(f"mqtt.ca_file {ca_file}: {exc.strerror}") from None

@@ -29,7 +29,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import SQLAlchemyError
 
 from listener.checks import Rejected, check_alert, check_health, check_status, topic_device
-from listener.config import ListenerConfig, read_secret
+from listener.config import ConfigError, ListenerConfig, read_secret
 from listener.metrics import Metrics
 from listener.store import Key, Store, is_transient, key_of, one_line, utcnow
 
@@ -98,7 +98,10 @@ class Ingest:
             password = read_secret("SAFEGUARD_MQTT_PASSWORD", "mqtt_password") or None
             client.username_pw_set(mq.username, password)
         if mq.tls:
-            client.tls_set(ca_certs=mq.ca_file or None)
+            try:
+                client.tls_set(ca_certs=mq.ca_file or None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: not a CA bundle
+                raise ConfigError(f"mqtt.ca_file {mq.ca_file or '(system)'}: {exc}") from None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail

@@ -27,6 +27,7 @@ class LiveHub:
         self._subs: set[asyncio.Queue[tuple[str, str]]] = set()
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -61,8 +62,15 @@ class LiveHub:
                     sub.get_nowait()
                 sub.put_nowait(_CLOSE)
 
+    def close_soon(self) -> None:
+        """`close` from any thread (or a signal handler)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.close)
+
     def close(self) -> None:
-        """End every stream (on shutdown)."""
+        """End every stream, and any opened from now on (on shutdown)."""
+        self._closed = True
         for sub in list(self._subs):
             if not sub.full():
                 sub.put_nowait(_CLOSE)
@@ -74,7 +82,7 @@ class LiveHub:
         self.metrics.live_clients.inc()
         try:
             yield "retry: 2000\nevent: hello\ndata: {}\n\n"
-            while True:
+            while not self._closed:
                 try:
                     kind, data = await asyncio.wait_for(queue.get(), self.heartbeat_s)
                 except asyncio.TimeoutError:

@@ -118,6 +118,11 @@ def public_url(url: str) -> str:
     except ArgumentError:  # not parsable: keep only the scheme and what follows any '@'
         scheme, _, rest = url.partition("://")
         return f"{scheme}://{rest.rpartition('@')[2]}"
+    if parsed.host is not None and "@" in parsed.host:  # an unencoded '@' in the password
+        scheme, _, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        user = authority.partition(":")[0].partition("@")[0]
+        return f"{scheme}://{user}@{authority.rpartition('@')[2]}{slash}{path}"
     shown = parsed._replace(password=None).difference_update_query(["password"])
     return shown.render_as_string(hide_password=False)
 
@@ -386,7 +391,8 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Acknowledge or resolve an alert, and with it every message of its event (start,
         updates, end share `event_id`); resolving also acknowledges. The alert itself first,
-        then the other rows of its event; [] if unknown. The first acknowledgement is kept."""
+        then the other rows of its event; [] if unknown. The first acknowledgement is kept; a
+        note goes on the alert itself, and a later one is appended as a line `<by>: <note>`."""
         now = utcnow()
         with self.engine.begin() as conn:
             key = self.find(conn, alert_id, device)
@@ -407,8 +413,12 @@ class Store:
                 )
             else:
                 conn.execute(update(alerts).where(unseen).values(**seen, status="acknowledged"))
-            if note is not None:
-                conn.execute(update(alerts).where(this).values(note=note))
+            if note is not None:  # a later note is added on its own line, with who wrote it
+                added = case(
+                    (alerts.c.note.is_(None), note),
+                    else_=alerts.c.note + f"\n{by}: {note}",
+                )
+                conn.execute(update(alerts).where(this).values(note=added))
             rows = conn.execute(self._select().where(same)).mappings().all()
         out = [_to_api(r) for r in rows]
         out.sort(key=lambda a: a["id"] != alert_id)

@@ -370,3 +370,21 @@ def test_event_filter_keyset_paging_and_summary(api: tuple[TestClient, State]) -
     day = client.get("/api/alerts?since=2026-02-01&limit=1000", headers=AUTH)
     assert len(ids(day)) == 11
     assert ids(client.get("/api/alerts?since=2026-02-02", headers=AUTH)) == []
+
+
+def test_a_later_note_is_added_and_a_password_with_at_is_hidden(
+    api: tuple[TestClient, State],
+) -> None:
+    from listener.store import public_url
+
+    client, state = api
+    alert = make_alert("porch-pi")
+    state.store.store_alerts([alert], datetime.now(timezone.utc))
+    url = f"/api/alerts/{alert['id']}"
+    client.post(url + "/ack", json={"by": "alice", "note": "first"}, headers=AUTH)
+    client.post(url + "/ack", json={"by": "bob", "note": "second"}, headers=AUTH)
+    got = client.post(url + "/resolve", json={"by": "carol"}, headers=AUTH).json()["listener"]
+    assert (got["acknowledged_by"], got["resolved_by"]) == ("alice", "carol")
+    assert got["note"] == "first\nbob: second"
+    shown = public_url("postgresql://postgres:s3cr@tpw@127.0.0.1:1/nodb")
+    assert shown == "postgresql://postgres@127.0.0.1:1/nodb"

@@ -197,3 +197,81 @@ def test_an_unknown_database_driver(tmp_path: Path, capsys: pytest.CaptureFixtur
     message = check(config, capsys)
     assert message.startswith("database.url postgresql+nosuchdriver://u@h/db: "), message
     assert "pw" not in message
+
+
+def test_a_missing_ca_file_and_a_credential_that_is_not_utf8_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"database: {{url: 'sqlite:///{tmp_path}/alerts.db'}}\n"
+        "mqtt: {tls: true, ca_file: /nonexistent/ca.pem}\n"
+        f"http: {{port: {free_port()}}}\n"
+    )
+    line = one_line_error(["--config", str(config)], capsys)
+    assert line == "mqtt.ca_file /nonexistent/ca.pem: No such file or directory"
+    assert not (tmp_path / "alerts.db").exists()  # said before the database is touched
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    config.write_text(config.read_text().replace("/nonexistent/ca.pem", str(not_pem)))
+    assert one_line_error(["--config", str(config)], capsys).startswith(f"mqtt.ca_file {not_pem}:")
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_token").write_bytes(b"\xff\xfetoken\n")
+    monkeypatch.delenv("SAFEGUARD_API_TOKEN")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert check(config, capsys) == f"{creds / 'api_token'}: not UTF-8 text"
+
+
+def test_help_names_the_token_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "SAFEGUARD_API_TOKEN" in out
+    assert "$CREDENTIALS_DIRECTORY/api_token" in out
+
+
+def test_stopping_with_an_open_dashboard_is_quick_and_quiet(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """SIGTERM with a live stream open: the stream is ended first, so uvicorn need not wait
+    for it (it waited 3 s and logged an ERROR with a traceback)."""
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"mqtt: {{port: {mosquitto.port}}}\n"
+        f"database: {{url: 'sqlite:///{tmp_path}/alerts.db'}}\n"
+        f"http: {{port: {port}}}\n"
+    )
+    log = tmp_path / "listener.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "listener.cli", "--config", str(config)],
+            cwd=ROOT,
+            env={**os.environ, "SAFEGUARD_API_TOKEN": TOKEN},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_port(port, timeout=60)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/live", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as stream:
+            assert stream.readline() == b"retry: 2000\n"
+            process.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+            took = time.monotonic() - asked
+            rest = stream.read()  # the stream ended cleanly, not cut off
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    text = log.read_text()
+    assert took < 2.0, (took, text)
+    assert "ERROR" not in text, text
+    assert "Traceback" not in text, text
+    assert "Application shutdown complete" in text
+    assert rest.endswith(b"\n\n") or rest == b"", rest
