@@ -76,7 +76,13 @@ def utcnow() -> datetime:
 
 def parse_time(value: str) -> datetime:
     """An RFC 3339 string (as the schema allows) as an aware UTC datetime."""
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    text = value.replace("Z", "+00:00").replace("z", "+00:00")
+    leap = text[16:19] == ":60"  # a leap second (RFC 3339 5.6): the last instant of its minute
+    if leap:
+        text = text[:17] + "59" + text[19:]
+    parsed = datetime.fromisoformat(text)
+    if leap:
+        parsed = parsed.replace(microsecond=999_999)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)

@@ -388,3 +388,18 @@ def test_a_later_note_is_added_and_a_password_with_at_is_hidden(
     assert got["note"] == "first\nbob: second"
     shown = public_url("postgresql://postgres:s3cr@tpw@127.0.0.1:1/nodb")
     assert shown == "postgresql://postgres@127.0.0.1:1/nodb"
+
+
+def test_a_leap_second_is_a_valid_time() -> None:
+    import json
+
+    from listener.checks import check_alert
+
+    alert = make_alert(
+        "porch-pi", started_at="2016-12-31T23:59:60Z", sent_at="2016-12-31T23:59:60.5Z"
+    )
+    got = check_alert("safeguard/porch-pi/alert", json.dumps(alert).encode(), "safeguard", 65536)
+    assert got["started_at"] == "2016-12-31T23:59:60Z"
+    from listener.store import parse_time
+
+    assert parse_time("2016-12-31T23:59:60Z").isoformat() == "2016-12-31T23:59:59.999999+00:00"
