@@ -99,13 +99,44 @@ def frame_time(cap: Any, last_t: float, rate: float) -> float:
     return t if math.isfinite(t) and t > last_t else last_t + 1.0 / rate
 
 
+class Thinning:
+    """At most `max_fps` frames a second, on a schedule (not a minimum gap, so that a 25 fps
+    camera is kept at 15, not 12.5); after a pause it starts afresh, without a burst. A frame
+    kept by `force` (one the analysis samples) counts in the schedule."""
+
+    def __init__(self, max_fps: float) -> None:
+        self._gap = 1.0 / max_fps
+        self._due = -math.inf
+
+    def keep(self, t: float, force: bool = False) -> bool:
+        if t < self._due - 1e-6 and not force:
+            return False
+        self._due = max(self._due, t - self._gap / 2) + self._gap
+        return True
+
+
+class Sampler:
+    """The frames analysed at `fps`: the first whose stream time reaches each due time (the
+    first at `offset_s`); a due time no frame came for is passed over."""
+
+    def __init__(self, fps: float, offset_s: float = 0.0) -> None:
+        self.fps = fps
+        self.due = offset_s
+
+    def take(self, t: float) -> bool:
+        if t + 1e-6 < self.due:
+            return False
+        self.due += 1.0 / self.fps * max(1, int((t - self.due) * self.fps) + 1)
+        return True
+
+
 def file_frames(
     path: Path, fps: float, width: int, offset_s: float = 0.0
 ) -> Iterator[tuple[float, U8]]:
     """Frames of a video file sampled at `fps` (the first at `offset_s`), downscaled.
 
-    A frame is taken when its timestamp first reaches the next due time, as the live
-    sampler does with the ring.
+    A frame is taken when its timestamp first reaches the next due time (`Sampler`), as the
+    live worker takes them from the ring (where the camera keeps these frames however it thins).
     """
     if not path.is_file():
         raise CaptureError(f"{path}: no such file")
@@ -113,15 +144,14 @@ def file_frames(
     if not cap.isOpened():
         raise CaptureError(f"{path}: OpenCV cannot open it as a video")
     rate = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    due, t = offset_s, -1.0
+    sampler, t = Sampler(fps, offset_s), -1.0
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
                 return
             t = frame_time(cap, t, rate)
-            if t + 1e-6 >= due:
-                due += 1.0 / fps * max(1, int((t - due) * fps) + 1)
+            if sampler.take(t):
                 yield t, downscale(np.asarray(frame, np.uint8), width)
     finally:
         cap.release()
@@ -171,6 +201,19 @@ class FrameRing:
             return None
         slot = index % self.capacity
         return index, float(self._times[slot]), self._frames[slot].copy()
+
+    def times_after(self, index: int) -> list[tuple[int, float]]:
+        """(index, stream time) of the frames held after absolute `index`, oldest first."""
+        head = self.head
+        first = max(index + 1, head - self.capacity + 1)  # the oldest slot may be rewritten
+        return [(i, float(self._times[i % self.capacity])) for i in range(first, head)]
+
+    def get(self, index: int) -> U8 | None:
+        """A copy of the frame at absolute `index`, or None once it has been overwritten."""
+        if not 0 <= index < self.head:
+            return None
+        frame = self._frames[index % self.capacity].copy()
+        return frame if index > self.head - self.capacity else None
 
     def since(self, t0: float) -> list[tuple[float, U8]]:
         """Copies of the frames held with stream time >= t0, oldest first (clips)."""
@@ -425,22 +468,24 @@ class CameraSource:
         max_fps: float = 15.0,
         transport: str = "tcp",
         retry_max_s: float = 30.0,
+        analysis_fps: float | None = None,
     ) -> None:
         self.source = source
         self.ring = ring
         self.width = width
         self.stats = CameraStats()
         self.ended = threading.Event()
-        self._min_gap = 1.0 / max_fps
+        self._max_fps = max_fps
+        self._analysis_fps = analysis_fps
         self._transport = transport
         self._retry_max_s = retry_max_s
         self._is_file = source.startswith("file:")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture-camera", daemon=True)
-        self._began = 0.0
+        self.began = 0.0  # monotonic time of stream time 0
 
     def start(self) -> None:
-        self._began = time.monotonic()
+        self.began = time.monotonic()
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -450,7 +495,10 @@ class CameraSource:
     def _read_loop(self, cap: Any) -> str:
         """Frames into the ring until the stream ends or stalls (the reason) or stop."""
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-        t, due = -1.0, -math.inf
+        t, thinning = -1.0, Thinning(self._max_fps)
+        # the frames the analysis samples are always kept: the worker takes from the ring the
+        # frames `file_frames` takes from the whole file (analyze), whatever max_fps drops
+        sampler = Sampler(self._analysis_fps) if self._analysis_fps else None
         while not self._stop.is_set():
             before = time.monotonic()
             ok, frame = cap.read()
@@ -463,15 +511,14 @@ class CameraSource:
                 return "the stream ended"
             if self._is_file:
                 t = frame_time(cap, t, fps)
-                if self._stop.wait(max(0.0, self._began + t - now)):
+                if self._stop.wait(max(0.0, self.began + t - now)):
                     break
             else:
-                t = now - self._began
+                t = now - self.began
             self.stats.last_frame = time.monotonic()
-            if t < due - 1e-6:  # at most max_fps, on a schedule (not a gap) so that a 25 fps
-                self.stats.thinned += 1  # camera is kept at 15, not 12.5
+            if not thinning.keep(t, sampler is not None and sampler.take(t)):
+                self.stats.thinned += 1
                 continue
-            due = max(due, t - self._min_gap / 2) + self._min_gap  # after a pause: no burst
             self.ring.write(downscale(np.asarray(frame, np.uint8), self.width), t)
             self.stats.frames += 1
         return "stopped"

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from edge.analyze import EventRecord
-from edge.camera import CameraSource, FrameRing, file_frames
+from edge.camera import CameraSource, FrameRing, Sampler, file_frames
 from edge.events import Event, EventSink, deliver
 from edge.models import load_manifest, verify
 from edge.video import Backbone, VideoAnalyzer, load_video_head
@@ -84,11 +85,15 @@ def analyze_video(
 
 
 class VideoWorker:
-    """The camera thread fills the ring; this thread analyses the newest frame every 1/fps
-    (never waiting on capture; slots it could not keep up with are counted as skipped and
-    reported in the log at most once every `WARN_EVERY_S`)."""
+    """The camera thread fills the ring; this thread analyses, every 1/fps of stream time, the
+    first frame captured at or after that time, as `file_frames` samples a file for `analyze`
+    (so that a `file:` camera gives analyze's events). It never makes capture wait: more than
+    `BACKLOG_S` behind, it goes on to the newest frame due; the frames passed over are counted
+    as skipped and reported in the log at most once every `WARN_EVERY_S`."""
 
     WARN_EVERY_S = 60.0
+    BACKLOG_S = 1.0
+    POLL_S = 0.01
 
     def __init__(
         self,
@@ -105,7 +110,7 @@ class VideoWorker:
         self.ring = FrameRing(max(2, int(video.ring_s * video.max_fps)))
         self.camera = CameraSource(
             video.source, self.ring, video.width, video.max_fps, video.rtsp_transport,
-            video.retry_max_s,
+            video.retry_max_s, video.fps,
         )  # fmt: skip
         self.analyzer = build_analyzer(video, load_backbone(models_dir, video.threads), origin_wall)
         self.events = 0  # events started (not their start/update/end messages)
@@ -128,43 +133,60 @@ class VideoWorker:
     def _run(self) -> None:
         period = 1.0 / self.video.fps
         stale_s = max(self.video.smoothing.hold_s, 2 * period)
-        stats = self.analyzer.stats
-        last_index, last_t, due = -1, 0.0, time.monotonic()
+        stats, ring, camera = self.analyzer.stats, self.ring, self.camera
+        sampler = Sampler(self.video.fps)  # by stream time, as file_frames samples a file
+        backlog = max(2, round(self.BACKLOG_S * self.video.fps))
+        pending: deque[tuple[int, float]] = deque()  # frames due for analysis, oldest first
+        scanned, last_t, wait = -1, 0.0, 0.0
         fresh_at, away = time.monotonic(), False
         warned_at, skipped_then = -self.WARN_EVERY_S, 0
-        while not self._stop.wait(max(0.0, due - time.monotonic())):
-            late = time.monotonic() - due
-            if late > period:
-                stats.skipped += int(late / period)
-                due += int(late / period) * period
+        while True:
+            stopping = self._stop.wait(wait)
+            state = camera.stats.state  # before the scan: once ended, every frame is in it
+            if stopping and state != "ended":
+                break
+            for index, t in ring.times_after(scanned):
+                scanned = index
+                if sampler.take(t):
+                    pending.append((index, t))
+            if len(pending) > backlog:  # behind: on to the newest frame, the others skipped
+                stats.skipped += len(pending) - 1
+                while len(pending) > 1:
+                    pending.popleft()
                 now = time.monotonic()
-                if stats.infer_ms and now - warned_at >= self.WARN_EVERY_S:
+                if now - warned_at >= self.WARN_EVERY_S:
                     self._warn_behind(stats.skipped - skipped_then, stats.infer_ms)
                     warned_at, skipped_then = now, stats.skipped
-            due += period
-            newest = self.ring.latest()
-            if newest is None or newest[0] == last_index:
+            frame = None
+            while pending and frame is None:
+                index, t = pending.popleft()
+                frame = ring.get(index)
+                stats.skipped += frame is None  # overwritten meanwhile (far behind)
+            if frame is None:
+                if stopping:  # a file that ended: all of it analysed
+                    break
                 # no new frame: the camera is away (stalled, reconnecting, ended). Time goes on
                 # for the event: it ends once no frame came for the hold (or the camera left
                 # `running`), so that it is not kept open, nor fused, with nothing seen.
                 gone = time.monotonic() - fresh_at
-                state = self.camera.stats.state
-                if newest is not None and not away and (gone >= stale_s or state != "running"):
+                if ring.head and not away and (gone >= stale_s or state != "running"):
                     away = True
                     at = last_t if state == "ended" else last_t + gone
                     self._deliver(self.analyzer.gap(at))
+                # the next frame due is captured at stream time `sampler.due` at the earliest
+                wake = camera.began + sampler.due + self.POLL_S - time.monotonic()
+                wait = min(period, max(self.POLL_S, wake))
                 continue
-            fresh_at, away = time.monotonic(), False
-            last_index, last_t, frame = newest
+            fresh_at, away, last_t, wait = time.monotonic(), False, t, 0.0
             began = time.perf_counter()
-            events = self.analyzer.process(frame, last_t)
+            events = self.analyzer.process(frame, t)
             ms = (time.perf_counter() - began) * 1000
             stats.infer_ms = [*stats.infer_ms[-199:], ms]
             self._deliver(events)
         self._deliver(self.analyzer.flush(last_t))
 
     def _warn_behind(self, skipped: int, infer_ms: list[float]) -> None:
-        ms = sum(infer_ms[-20:]) / len(infer_ms[-20:])
+        ms = sum(infer_ms[-20:]) / max(1, len(infer_ms[-20:]))
         log.warning(
             "video analysis fell behind video.fps=%s: %d analysis slots skipped (%.0f ms per "
             "analysed frame, so about %.1f frames/s); the violence head's window then spans "
