@@ -253,14 +253,44 @@ class Store:
             ]
             params = {"batch": json.dumps(batch), "received": received_at}
             with self.engine.begin() as conn:
-                return {(str(r[0]), str(r[1])) for r in conn.exec_driver_sql(_PG_BULK, params)}
+                new = {(str(r[0]), str(r[1])) for r in conn.exec_driver_sql(_PG_BULK, params)}
+                self._inherit_handling(conn, received_at)
+                return new
         stmt = (
             self._insert(alerts)
             .on_conflict_do_nothing(index_elements=["device_id", "id"])
             .returning(alerts.c.device_id, alerts.c.id)
         )
         with self.engine.begin() as conn:
-            return {(str(r[0]), str(r[1])) for r in conn.execute(stmt, list(rows.values()))}
+            new = {(str(r[0]), str(r[1])) for r in conn.execute(stmt, list(rows.values()))}
+            self._inherit_handling(conn, received_at)
+            return new
+
+    @staticmethod
+    def _inherit_handling(conn: Any, received_at: datetime) -> None:
+        """An update or end stored after its event's start was acknowledged or resolved is
+        part of a handled event: it takes the start's handling (one statement per batch)."""
+        start = alerts.alias("start")
+        handled = (
+            (start.c.device_id == alerts.c.device_id)
+            & (start.c.id == alerts.c.event_id)
+            & start.c.acknowledged_at.is_not(None)
+        )
+
+        def of_start(name: str) -> Any:
+            return select(start.c[name]).where(handled).scalar_subquery()
+
+        names = ("status", "acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at")
+        conn.execute(
+            update(alerts)
+            .where(
+                alerts.c.received_at == received_at,
+                alerts.c.acknowledged_at.is_(None),
+                alerts.c.event_id != alerts.c.id,
+                select(start.c.id).where(handled).exists(),
+            )
+            .values({name: of_start(name) for name in names})
+        )
 
     def check_writable(self) -> None:
         """Raise unless the database answers and accepts writes (a write that changes nothing:

@@ -365,7 +365,7 @@ def test_event_filter_keyset_paging_and_summary(api: tuple[TestClient, State]) -
     client.post(f"/api/alerts/{update['id']}/ack", json={"by": "ann"}, headers=AUTH)
     state.store.store_alerts([late], batch_time + timedelta(seconds=3))  # after the ack
     counts = client.get("/api/summary", headers=AUTH).json()
-    assert counts == {"new_alerts": 8, "new_events": 7, "new_critical_events": 0}
+    assert counts == {"new_alerts": 7, "new_events": 7, "new_critical_events": 0}  # late: handled
 
     day = client.get("/api/alerts?since=2026-02-01&limit=1000", headers=AUTH)
     assert len(ids(day)) == 11
@@ -403,3 +403,31 @@ def test_a_leap_second_is_a_valid_time() -> None:
     from listener.store import parse_time
 
     assert parse_time("2016-12-31T23:59:60Z").isoformat() == "2016-12-31T23:59:59.999999+00:00"
+
+
+def test_a_message_stored_after_its_event_was_handled_is_handled(
+    api: tuple[TestClient, State],
+) -> None:
+    """The end of an event that was already acknowledged (or resolved) is not a new alert
+    waiting for someone: it takes the start's handling."""
+    client, state = api
+    start = make_alert("porch-pi", event="start")
+    start["event_id"] = start["id"]
+    other = make_alert("porch-pi", event="start")
+    state.store.store_alerts([start, other], datetime.now(timezone.utc))
+    client.post(f"/api/alerts/{start['id']}/ack", json={"by": "ann"}, headers=AUTH)
+    update = make_alert("porch-pi", event="update", event_id=start["id"])
+    late_other = make_alert("porch-pi", event="end", event_id=other["id"])
+    state.store.store_alerts([update, late_other], datetime.now(timezone.utc))
+    got = client.get(f"/api/alerts/{update['id']}", headers=AUTH).json()["listener"]
+    assert (got["status"], got["acknowledged_by"]) == ("acknowledged", "ann")
+    assert (
+        client.get(f"/api/alerts/{late_other['id']}", headers=AUTH).json()["listener"]["status"]
+        == "new"
+    )
+    client.post(f"/api/alerts/{start['id']}/resolve", json={"by": "bob"}, headers=AUTH)
+    end = make_alert("porch-pi", event="end", event_id=start["id"])
+    state.store.store_alerts([end], datetime.now(timezone.utc))
+    got = client.get(f"/api/alerts/{end['id']}", headers=AUTH).json()["listener"]
+    assert (got["status"], got["acknowledged_by"], got["resolved_by"]) == ("resolved", "ann", "bob")
+    assert client.get("/api/alerts?status=new", headers=AUTH).json()[0]["id"] == late_other["id"]
