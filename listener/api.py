@@ -95,7 +95,7 @@ class AlertOut(BaseModel):
     event: str
     category: str
     severity: str
-    score: float
+    score: int | float  # as the producer sent it (1 stays 1)
     started_at: str
     sent_at: str
     listener: Handling

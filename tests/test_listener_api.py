@@ -431,3 +431,11 @@ def test_a_message_stored_after_its_event_was_handled_is_handled(
     got = client.get(f"/api/alerts/{end['id']}", headers=AUTH).json()["listener"]
     assert (got["status"], got["acknowledged_by"], got["resolved_by"]) == ("resolved", "ann", "bob")
     assert client.get("/api/alerts?status=new", headers=AUTH).json()[0]["id"] == late_other["id"]
+
+
+def test_a_whole_number_score_comes_back_as_sent(api: tuple[TestClient, State]) -> None:
+    client, state = api
+    alert = make_alert("porch-pi", score=1)
+    state.store.store_alerts([alert], datetime.now(timezone.utc))
+    body = client.get(f"/api/alerts/{alert['id']}", headers=AUTH).text
+    assert '"score":1,' in body
