@@ -231,8 +231,11 @@ async def list_alerts(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Alerts, newest first (by time received, then id)."""
+    raw_since = request.query_params.get("since", "")
+    if since is not None and re.fullmatch(r"[-+]?[0-9.]+", raw_since):  # pydantic: Unix time
+        raise HTTPException(400, "since is an RFC 3339 time or a date, not a number")
     if since is not None and since.tzinfo is None:
-        if not _DATE.fullmatch(request.query_params.get("since", "")):
+        if not _DATE.fullmatch(raw_since):
             raise HTTPException(400, "since needs a time zone (e.g. Z)")
         since = since.replace(tzinfo=timezone.utc)  # a date: its midnight UTC
     if before is not None and before.tzinfo is None:

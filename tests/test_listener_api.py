@@ -370,6 +370,7 @@ def test_event_filter_keyset_paging_and_summary(api: tuple[TestClient, State]) -
     day = client.get("/api/alerts?since=2026-02-01&limit=1000", headers=AUTH)
     assert len(ids(day)) == 11
     assert ids(client.get("/api/alerts?since=2026-02-02", headers=AUTH)) == []
+    assert client.get("/api/alerts?since=0", headers=AUTH).status_code == 400  # not the epoch
 
 
 def test_a_later_note_is_added_and_a_password_with_at_is_hidden(
