@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Dialog, Page, sync_playwright
 
 from edge.clips import add_sound, video_encoder
 from tests.helpers import DeviceClient, Mosquitto, free_port, make_alert, wait_port
@@ -283,7 +283,12 @@ def test_alert_text_is_text_and_the_page_runs_only_its_own_scripts(
 
     page = browser.new_page()
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     console: list[str] = []
     page.on("console", lambda msg: console.append(msg.text))
     errors: list[str] = []
@@ -384,8 +389,8 @@ def test_alerts_stored_while_the_page_loads_are_all_shown(
     device.close()
 
 
-def entries(page: Page) -> list[dict[str, str]]:
-    found: list[dict[str, str]] = page.eval_on_selector_all(
+def entries(page: Page) -> list[dict[str, str | int]]:
+    found: list[dict[str, str | int]] = page.eval_on_selector_all(
         "#alerts li",
         "els => els.map(e => ({id: e.dataset.id, status: e.dataset.status, phase: e.dataset.phase,"
         " meta: e.querySelector('.meta').textContent, play: e.querySelectorAll('.play').length}))",

@@ -143,8 +143,15 @@ def test_acks_resolutions_and_clips_reach_the_other_instance_s_dashboards(
         kind = "application/json"
         assert _call(f"{a}/api/alerts/{start['id']}/ack", "POST", body, kind) == 200
         for alert in (start, end):  # the whole event
-            live_b.wait(lambda k, d, i=alert["id"]: k == "update" and d["id"] == i
-                        and d["listener"]["acknowledged_by"] == "alice")  # fmt: skip
+
+            def acked(kind: str, data: dict[str, Any], alert_id: object = alert["id"]) -> bool:
+                return bool(
+                    kind == "update"
+                    and data["id"] == alert_id
+                    and data["listener"]["acknowledged_by"] == "alice"
+                )
+
+            live_b.wait(acked)
         assert _call(f"{a}/api/alerts/{end['id']}/clip", "PUT", b"RIFF" * 64, "audio/wav") == 204
         live_b.wait(
             lambda k, d: k == "update" and d["id"] == end["id"] and d["listener"]["has_clip"]

@@ -316,7 +316,7 @@ def test_a_file_the_pruning_cannot_delete_costs_no_clip(tmp_path: Path) -> None:
                 for _ in range(30):
                     ring.write(np.full(1600, 0.1, np.float32))
                     time.sleep(0.005)
-                wait_for(lambda n=number: len(clips) > n, 20, f"no clip {number}")  # type: ignore[misc]
+                wait_for(lambda n=number: len(clips) > n, 20, f"no clip {number}")
         finally:
             writer.stop(10)
     health = writer.health()
