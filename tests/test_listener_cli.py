@@ -131,7 +131,10 @@ def test_a_port_in_use_is_said_before_the_broker_is_contacted(
     assert not (tmp_path / "alerts.db").exists()  # nor the database touched
 
 
-def test_it_serves_on_the_port_it_bound(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def start_listener(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`safeguard-listener` on SQLite and a free loopback port: (process, port, its log)."""
     port = free_port()
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -148,6 +151,11 @@ def test_it_serves_on_the_port_it_bound(tmp_path: Path, mosquitto: Mosquitto) ->
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return process, port, log
+
+
+def test_it_serves_on_the_port_it_bound(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    process, port, log = start_listener(tmp_path, mosquitto)
     try:
         wait_port(port, timeout=60)
         deadline = time.monotonic() + 30
@@ -237,22 +245,7 @@ def test_stopping_with_an_open_dashboard_is_quick_and_quiet(
 ) -> None:
     """SIGTERM with a live stream open: the stream is ended first, so uvicorn need not wait
     for it (it waited 3 s and logged an ERROR with a traceback)."""
-    port = free_port()
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"mqtt: {{port: {mosquitto.port}}}\n"
-        f"database: {{url: 'sqlite:///{tmp_path}/alerts.db'}}\n"
-        f"http: {{port: {port}}}\n"
-    )
-    log = tmp_path / "listener.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "listener.cli", "--config", str(config)],
-            cwd=ROOT,
-            env={**os.environ, "SAFEGUARD_API_TOKEN": TOKEN},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process, port, log = start_listener(tmp_path, mosquitto)
     try:
         wait_port(port, timeout=60)
         request = urllib.request.Request(
