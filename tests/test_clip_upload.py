@@ -244,7 +244,9 @@ def test_a_clip_deleted_by_retention_is_dropped_counted_and_logged(
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge")
     folder = tmp_path / "clips"
-    kept, gone = wav_clip(folder, "kept.wav"), wav_clip(folder, "old.wav")
+    # named as the clip writer names its files (pruning touches only those)
+    kept = wav_clip(folder, "20261122T000100Z_scream_aaaa1111.wav")
+    gone = wav_clip(folder, "20200101T000000Z_scream_bbbb2222.wav")
     os.utime(gone["audio"]["path"], (1.0, 1.0))  # written long ago
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: kept stays pending
     sender = uploader(url, tmp_path / "state")
@@ -260,7 +262,10 @@ def test_a_clip_deleted_by_retention_is_dropped_counted_and_logged(
     finally:
         sender.stop(timeout=30)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("alert-old" in r.getMessage() and "old.wav" in r.getMessage() for r in warnings)
+    assert any(
+        "alert-old" in r.getMessage() and "20200101T000000Z_scream_bbbb2222.wav" in r.getMessage()
+        for r in warnings
+    )
     assert not any("alert-kept" in r.getMessage() and "deleted" in r.getMessage() for r in warnings)
 
 
