@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -428,3 +429,26 @@ def run_beside_shadows(python: str, args: Sequence[str], folder: Path) -> tuple[
         [python, *args], cwd=folder, capture_output=True, text=True, timeout=120, check=False
     )
     return out.returncode, out.stderr, marker.exists()
+
+
+def spawn_listener(
+    folder: Path, name: str, broker: int, url: str, token: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`safeguard-listener` as a process on a free loopback port, its config and log in
+    `folder` as NAME.yaml / NAME.log: (process, port, log)."""
+    port = free_port()
+    config = folder / f"{name}.yaml"
+    config.write_text(
+        f"mqtt: {{port: {broker}}}\ndatabase: {{url: '{url}'}}\n"
+        f"http: {{host: 127.0.0.1, port: {port}}}\n"
+    )
+    log = folder / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "listener.cli", "--config", str(config)],
+            cwd=ROOT,
+            env={**os.environ, "SAFEGUARD_API_TOKEN": token},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return process, port, log

@@ -9,11 +9,9 @@ serves on the port it bound itself.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +21,13 @@ import pytest
 
 from listener.cli import main
 from listener.config import ConfigError, load, parse
-from tests.helpers import ROOT, Mosquitto, free_port, postgres_cluster, wait_port
+from tests.helpers import (
+    Mosquitto,
+    free_port,
+    postgres_cluster,
+    spawn_listener,
+    wait_port,
+)
 
 TOKEN = "test-token-0123456789"
 
@@ -134,24 +138,8 @@ def test_a_port_in_use_is_said_before_the_broker_is_contacted(
 def start_listener(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """`safeguard-listener` on SQLite and a free loopback port: (process, port, its log)."""
-    port = free_port()
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"mqtt: {{port: {mosquitto.port}}}\n"
-        f"database: {{url: 'sqlite:///{tmp_path}/alerts.db'}}\n"
-        f"http: {{host: 127.0.0.1, port: {port}}}\n"
-    )
-    log = tmp_path / "listener.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "listener.cli", "--config", str(config)],
-            cwd=ROOT,
-            env={**os.environ, "SAFEGUARD_API_TOKEN": TOKEN},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return process, port, log
+    url = f"sqlite:///{tmp_path}/alerts.db"
+    return spawn_listener(tmp_path, "listener", mosquitto.port, url, TOKEN)
 
 
 def test_it_serves_on_the_port_it_bound(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -6,9 +6,7 @@ The full 10,000-alert run is `python -m bench.listener_fleet` (results in bench/
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,12 +17,11 @@ from typing import Any
 
 from bench.listener_fleet import BROKER_CONFIG, run_fleet
 from tests.helpers import (
-    ROOT,
     DeviceClient,
     Mosquitto,
-    free_port,
     make_alert,
     postgres_cluster,
+    spawn_listener,
     wait_port,
 )
 
@@ -53,20 +50,7 @@ def test_fleet_stores_every_alert_exactly_once(tmp_path: Path) -> None:
 
 
 def _start(tmp_path: Path, name: str, broker: int, url: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        f"mqtt: {{port: {broker}}}\ndatabase: {{url: '{url}'}}\nhttp: {{port: {port}}}\n"
-    )
-    log = (tmp_path / f"{name}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "listener.cli", "--config", str(config)],
-        cwd=ROOT,
-        env={**os.environ, "SAFEGUARD_API_TOKEN": TOKEN},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    process, port, _ = spawn_listener(tmp_path, name, broker, url, TOKEN)
     wait_port(port, timeout=30)
     return process, f"http://127.0.0.1:{port}"
 

@@ -5,9 +5,7 @@ that is not stored."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,13 +18,13 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
-    ROOT,
     DeviceClient,
     FreezableProxy,
     Mosquitto,
     free_port,
     make_alert,
     postgres_cluster,
+    spawn_listener,
     wait_port,
 )
 
@@ -65,20 +63,7 @@ def database() -> Iterator[tuple[str, int]]:
 
 
 def start_listener(tmp_path: Path, broker: int, url: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = tmp_path / "listener.yaml"
-    config.write_text(
-        f"mqtt: {{port: {broker}}}\ndatabase: {{url: '{url}'}}\nhttp: {{port: {port}}}\n"
-    )
-    log = (tmp_path / "listener.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "listener.cli", "--config", str(config)],
-        cwd=ROOT,
-        env={**os.environ, "SAFEGUARD_API_TOKEN": TOKEN},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    process, port, _ = spawn_listener(tmp_path, "listener", broker, url, TOKEN)
     return process, f"http://127.0.0.1:{port}"
 
 
