@@ -188,9 +188,15 @@ def _analyze_one(
     kinds = stream_kinds(path) if path.is_file() else None
     has_picture = "video" in kinds if kinds is not None else is_video(path)
     records: list[EventRecord] = []
+    sound_error: SafeguardError | None = None
     if not has_picture or kinds is None or "audio" in kinds:
         detector = build_detector(config, model)
-        records = analyze_file(path, detector, hop_samples(config), name, _progress(name))
+        try:
+            records = analyze_file(path, detector, hop_samples(config), name, _progress(name))
+        except SafeguardError as exc:
+            if not has_picture:
+                raise
+            sound_error = exc  # e.g. no ffmpeg: OpenCV may still read the picture
     if has_picture:  # violence events (OpenCV is loaded for video files only)
         from edge.videopipe import analyze_video, build_analyzer, load_backbone
 
@@ -200,11 +206,13 @@ def _analyze_one(
             analyzer = build_analyzer(config.video, video[0])
             found = analyze_video(path, analyzer, config.video, name)
         except SafeguardError as exc:
+            if sound_error is not None:
+                raise SafeguardError(f"{exc}; its sound: {sound_error}") from exc
             if not records:
                 raise
             return records, exc
         records = sorted([*records, *found], key=lambda r: (r.alert_at_s, r.category))
-    return records, None
+    return records, sound_error
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

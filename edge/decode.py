@@ -88,17 +88,23 @@ def is_video(path: Path) -> bool:
 
 def stream_kinds(path: Path) -> set[str] | None:
     """The kinds of stream in a container ("audio", "video"; cover art is not video), or None
-    when ffprobe is not installed or cannot read the file (the decoders then say why)."""
+    when ffprobe is not installed or does not answer (the decoders then say why). A file
+    ffprobe cannot read at all is a `CaptureError` that says so, not an audio problem."""
     exe = shutil.which("ffprobe")
     if exe is None:
         return None
-    out = subprocess.run(
-        [exe, "-v", "error", "-show_entries", "stream=codec_type:stream_disposition=attached_pic",
-         "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
+    try:
+        out = subprocess.run(
+            [exe, "-v", "error", "-show_entries",
+             "stream=codec_type:stream_disposition=attached_pic", "-of", "csv=p=0", str(path)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
         return None
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        detail = lines[-1].removeprefix(f"{path}: ") if lines else f"ffprobe exit {out.returncode}"
+        raise CaptureError(f"{path}: cannot read it: damaged or not a media file ({detail})")
     rows = (line.partition(",") for line in out.stdout.split())
     return {kind for kind, _, picture in rows if picture != "1"}
 

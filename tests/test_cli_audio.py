@@ -43,9 +43,17 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*SAFEGUARD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+        [*SAFEGUARD, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+        env=env,
     )
 
 
@@ -185,8 +193,33 @@ def test_analyze_reports_bad_files_and_goes_on(config: Path, tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert "none.wav: no such file" in result.stderr
-    assert "junk.wav: cannot decode audio" in result.stderr
+    assert "junk.wav: cannot read it: damaged or not a media file" in result.stderr
     assert any(json.loads(line)["file"] == good for line in result.stdout.splitlines())
+
+
+def test_a_damaged_video_is_reported_as_damaged_not_as_an_audio_problem(
+    config: Path, tmp_path: Path
+) -> None:
+    clip = (require_shared(VIDEO_DEV) / "clips" / "fi001.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip[:30000])  # the index (moov) is at the end: nothing is readable
+    result = run_cli("analyze", "--config", str(config), str(cut))
+    assert result.returncode == 1
+    assert f"{cut}: cannot read it: damaged or not a media file (" in result.stderr
+    assert "audio" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_analyze_without_ffmpeg_still_reads_the_picture(config: Path, tmp_path: Path) -> None:
+    clip = require_shared(VIDEO_DEV) / "clips" / "fi001.mp4"
+    bare = tmp_path / "bin"  # a PATH with neither ffmpeg nor ffprobe on it
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}
+    result = run_cli("analyze", "--config", str(config), "--json", str(clip), env=env)
+    assert result.returncode == 1  # the sound could not be analysed: said, and the exit says so
+    assert f"{clip}: decoding this format needs ffmpeg, which is not installed" in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["category"] for e in events] == ["violence"]  # OpenCV read the fight
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
