@@ -186,7 +186,10 @@ class Daemon:
             and capture.state == "retrying"
             and time.monotonic() - capture.last_attempt <= patience
         )
-        return Progress(samples, last_block, self.worker.last_progress, waiting)
+        now = time.monotonic()
+        stall_s = self.config.system.stall_s
+        video = self.video.alive(now, stall_s) if self.video is not None else ""
+        return Progress(samples, last_block, self.worker.last_progress, waiting, video)
 
     def _status(self) -> str:
         capture = self.source.stats if self.source else None

@@ -40,8 +40,8 @@ class SystemConfig(BaseModel):
         10.0,
         ge=2.0,
         le=600.0,
-        description="Capture or inference idle this long is a stall: the systemd watchdog "
-        "pings stop, so systemd restarts the service.",
+        description="Capture, inference or video analysis idle this long is a stall: the "
+        "systemd watchdog pings stop, so systemd restarts the service.",
     )
     wifi_power_save_off: bool = Field(
         True,

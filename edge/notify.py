@@ -6,8 +6,9 @@ Outside systemd (no `$NOTIFY_SOCKET`) every call is a no-op.
 
 `PipelineWatch` decides what to send. READY=1 goes out once, when the models are loaded (the
 daemon constructed its detector) and capture has produced samples. WATCHDOG=1 goes out only
-while capture delivers blocks and inference finishes windows: a stalled pipeline stops the
-pings, so systemd's `WatchdogSec` restarts the service instead of leaving it deaf.
+while capture delivers blocks and inference finishes windows, and while the video analysis
+thread (when there is a camera) goes round its loop: a stalled or dead pipeline stops the
+pings, so systemd's `WatchdogSec` restarts the service instead of leaving it deaf or blind.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Progress:
     last_block: float  # when capture last wrote a block
     last_window: float  # when inference last finished a window
     waiting: bool = False  # capture is retrying a missing device (and its retries go on)
+    video: str = ""  # why video analysis is stalled or dead, "" when fine or not configured
 
 
 class PipelineWatch:
@@ -117,13 +119,15 @@ class PipelineWatch:
     def stall(self, now: float) -> str:
         """Why the pipeline counts as stalled now, or "" when it makes progress."""
         state = self.progress()
-        if state.samples < 0 or state.waiting:  # a missing microphone is retried in-process
-            return ""
-        idle_capture = now - state.last_block
-        idle_inference = now - state.last_window
-        if max(idle_capture, idle_inference) <= self.stall_s:
-            return ""
-        return f"capture idle {idle_capture:.1f} s, inference idle {idle_inference:.1f} s"
+        reasons = [state.video] if state.video else []
+        if state.samples >= 0 and not state.waiting:  # a missing microphone is retried in-process
+            idle_capture = now - state.last_block
+            idle_inference = now - state.last_window
+            if max(idle_capture, idle_inference) > self.stall_s:
+                reasons.insert(
+                    0, f"capture idle {idle_capture:.1f} s, inference idle {idle_inference:.1f} s"
+                )
+        return "; ".join(reasons)
 
     def tick(self) -> None:
         now = self.clock()

@@ -114,6 +114,10 @@ class VideoWorker:
         )  # fmt: skip
         self.analyzer = build_analyzer(video, load_backbone(models_dir, video.threads), origin_wall)
         self.events = 0  # events started (not their start/update/end messages)
+        # the analysis loop's heartbeat, for the systemd watchdog (`alive`)
+        self.beat = time.monotonic()
+        self.done = False  # ended as it should: stopped, or its `file:` camera ended
+        self.failed = ""  # the error that ended the analysis thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="video", daemon=True)
 
@@ -130,7 +134,25 @@ class VideoWorker:
         self.events += sum(event.phase == "start" for event in events)
         deliver(events, self.sink, self.on_event)
 
+    def alive(self, now: float, stall_s: float) -> str:
+        """Why video analysis counts as stalled or dead at `now`, or "" when it goes on (or
+        ended as it should)."""
+        if self.done:
+            return ""
+        if self.failed:
+            return f"video analysis failed ({self.failed})"
+        idle = now - self.beat
+        return f"video analysis idle {idle:.1f} s" if idle > stall_s else ""
+
     def _run(self) -> None:
+        try:
+            self._analyse()
+            self.done = True
+        except Exception as exc:  # the watchdog pings stop: systemd restarts the daemon
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.exception("video analysis stopped by an error")
+
+    def _analyse(self) -> None:
         period = 1.0 / self.video.fps
         stale_s = max(self.video.smoothing.hold_s, 2 * period)
         stats, ring, camera = self.analyzer.stats, self.ring, self.camera
@@ -142,6 +164,7 @@ class VideoWorker:
         warned_at, skipped_then = -self.WARN_EVERY_S, 0
         while True:
             stopping = self._stop.wait(wait)
+            self.beat = time.monotonic()
             state = camera.stats.state  # before the scan: once ended, every frame is in it
             if stopping and state != "ended":
                 break
@@ -208,4 +231,5 @@ class VideoWorker:
             "video_still": s.still,
             "video_skipped": s.skipped,
             "video_events": self.events,
+            "video_analysis": "failed" if self.failed else "stopped" if self.done else "running",
         }

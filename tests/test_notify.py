@@ -11,14 +11,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge.config import load_config
+from edge.daemon import Daemon
+from edge.events import Event
 from edge.notify import Notifier, PipelineWatch, Progress
-from tests.helpers import ROOT, free_port, require_models
+from edge.video import U8
+from tests.helpers import ROOT, fight_with_scream, free_port, require_models
 from tests.test_capture_pulse import Pulse
 
 pytestmark = pytest.mark.slow
@@ -121,6 +126,82 @@ def test_watch_is_ready_at_once_and_pings_only_while_progressing() -> None:
     assert sent.sent.count("WATCHDOG=1") == 5
     watch.stopping()
     assert sent.sent[-2:] == ["STOPPING=1", "STATUS=stopping"]
+
+
+def test_a_dead_or_stuck_video_thread_stops_the_pings_even_without_audio() -> None:
+    """On a camera-only device (no audio source) the watch looked at nothing: a video thread
+    that died or hung left systemd pinging a blind daemon forever."""
+    now = [100.0]
+    state = [Progress(-1, 0.0, 0.0)]
+    sent = _Sent()
+    watch = PipelineWatch(
+        sent, lambda: state[0], lambda: "ok", stall_s=5.0, ping_every_s=1.0, clock=lambda: now[0]
+    )
+    watch.tick()
+    now[0] += 1.0
+    watch.tick()
+    assert sent.sent.count("WATCHDOG=1") == 1
+    state[0] = Progress(-1, 0.0, 0.0, video="video analysis idle 6.0 s")
+    now[0] += 1.0
+    watch.tick()
+    assert sent.sent.count("WATCHDOG=1") == 1
+    assert sent.sent[-1] == "STATUS=stalled: video analysis idle 6.0 s"
+    # with audio too, both reasons are given
+    state[0] = Progress(1600, now[0] - 6.0, now[0] - 6.0, video="video analysis idle 6.0 s")
+    assert watch.stall(now[0]) == (
+        "capture idle 6.0 s, inference idle 6.0 s; video analysis idle 6.0 s"
+    )
+
+
+def test_the_daemon_stops_pinging_when_its_video_analysis_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real daemon, camera only (a `file:` camera on a looped dev fight, no audio), in this
+    process so that its analysis can be made to fail: READY and pings, then the thread dies,
+    STATUS says why and the pings stop, so systemd restarts the service."""
+    video = fight_with_scream(tmp_path, 12)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+audio: {{source: none}}
+video: {{source: "file:{video}"}}
+mqtt: {{host: 127.0.0.1, port: {free_port()}}}
+storage: {{dir: {tmp_path / "state"}}}
+models: {{dir: {require_models()}}}
+system: {{stall_s: 2}}
+"""
+    )
+    sink = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping every 0.3 s
+    daemon = Daemon(load_config(config))
+    assert daemon.video is not None
+    process, calls = daemon.video.analyzer.process, [0]
+
+    def failing(frame: U8, t: float) -> list[Event]:
+        calls[0] += 1
+        if calls[0] > 12:  # 1.5 s of analysis at 8 frames/s, then an unexpected error
+            raise RuntimeError("invoke failed")
+        return process(frame, t)
+
+    daemon.video.analyzer.process = failing  # type: ignore[method-assign]
+    stopper = threading.Timer(6.0, daemon.stop_event.set)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopper.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        stopper.cancel()
+        for sig, handler in handlers.items():  # run() installs its own
+            signal.signal(sig, handler)
+    lines = sink.collect(0.5)
+    sink.close()
+    assert "READY=1" in lines
+    stalled = next(i for i, line in enumerate(lines) if line.startswith("STATUS=stalled"))
+    assert lines[stalled] == "STATUS=stalled: video analysis failed (RuntimeError: invoke failed)"
+    assert lines[:stalled].count("WATCHDOG=1") >= 3, lines  # pinged while it analysed
+    assert "WATCHDOG=1" not in lines[stalled:], lines
+    assert daemon.video.health()["video_analysis"] == "failed"
 
 
 @pytest.fixture
