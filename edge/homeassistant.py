@@ -7,12 +7,14 @@ Home Assistant announces itself (`<discovery_prefix>/status` = `online`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
 _SLUG = re.compile(r"[^a-z0-9_]+")
+_HASHED = re.compile(r"_[0-9a-f]{8}$")  # how every disambiguated device slug ends
 
 
 class HomeAssistantConfig(BaseModel):
@@ -35,7 +37,27 @@ class HomeAssistantConfig(BaseModel):
 
 
 def slug(text: str) -> str:
+    """`text` in lower case, every run of other characters than letters, digits and `_` as
+    one `_` (for category names)."""
     return _SLUG.sub("_", text.lower()).strip("_") or "x"
+
+
+def device_slug(device_id: str) -> str:
+    """The device's part of discovery topics, unique ids and entity ids: distinct device ids
+    give distinct slugs.
+
+    An id of lower-case letters and digits joined by single hyphens (`kitchen-pi`, what a host
+    name gives) keeps the slug it always had (`kitchen_pi`), so existing installs keep their
+    entities: the id can be read back from it. Any other id (`kitchen_pi`, `Kitchen-Pi`,
+    `kitchen.pi`, ...) would share that slug, so the first 8 hex digits of the SHA-256 of the
+    raw id are appended (`kitchen_pi_53006324`). No slug kept as it was ends like that
+    (such an id is given a hash too), so the two kinds never meet.
+    """
+    plain = re.sub("_+", "_", slug(device_id))  # Home Assistant refuses `__` in entity ids
+    if plain.replace("_", "-") == device_id and not _HASHED.search(plain):
+        return plain
+    digest = hashlib.sha256(device_id.encode("utf-8")).hexdigest()[:8]
+    return f"{plain}_{digest}"
 
 
 def birth_topic(config: HomeAssistantConfig) -> str:
@@ -43,7 +65,8 @@ def birth_topic(config: HomeAssistantConfig) -> str:
 
 
 def discovery_topic(config: HomeAssistantConfig, device_id: str, name: str) -> str:
-    return f"{config.discovery_prefix}/binary_sensor/{slug(device_id)}/{slug(name)}/config"
+    node = device_slug(device_id)
+    return f"{config.discovery_prefix}/binary_sensor/{node}/{slug(name)}/config"
 
 
 # ON when the device cannot do its job: capture or camera not running, a fallback channel off
@@ -61,7 +84,7 @@ def discovery_messages(
     `problem` sensor from the health message (its fields as attributes)."""
     base = f"{prefix}/{device_id}"
     device = {
-        "identifiers": [f"safeguard_{slug(device_id)}"],
+        "identifiers": [f"safeguard_{device_slug(device_id)}"],
         "name": f"Safeguard {device_id}",
         "manufacturer": "Safeguard",
         "model": "edge daemon",
@@ -74,7 +97,7 @@ def discovery_messages(
     }
     messages = []
     for category in [*categories, "problem"]:
-        object_id = f"safeguard_{slug(device_id)}_{slug(category)}"
+        object_id = f"safeguard_{device_slug(device_id)}_{slug(category)}"
         payload: dict[str, object] = {
             "name": category.replace("_", " ").capitalize(),
             "unique_id": object_id,

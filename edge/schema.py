@@ -12,7 +12,8 @@ from functools import cache
 from typing import Any
 
 SCHEMA_ID = "safeguard.alert/1"
-_RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+# RFC 3339 date-time; its UTC designator may be written `Z` or `z` (section 5.6, NOTE)
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 
 ALERT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

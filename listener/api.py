@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from listener.state import State
-from listener.store import AlertFilter, one_line
+from listener.store import NOTES_MAX_CHARS, AlertFilter, NotesFull, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,6 +158,10 @@ router = APIRouter(dependencies=[Depends(authorize)], responses={401: {"descript
 _404: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such alert"},
     409: {"description": "Several devices used this id: add ?device="},
+}
+_MARK: dict[int | str, dict[str, Any]] = {
+    **_404,
+    413: {"description": f"The alert's notes would exceed {NOTES_MAX_CHARS} characters"},
 }
 
 
@@ -334,7 +338,10 @@ async def get_alert(state: StateDep, alert_id: AlertId, device: DeviceOf = None)
 async def _mark(
     state: State, alert_id: str, device: str | None, action: str, body: Mark
 ) -> dict[str, Any]:
-    changed = await db(state, state.store.mark, alert_id, device, action, body.by, body.note)
+    try:
+        changed = await db(state, state.store.mark, alert_id, device, action, body.by, body.note)
+    except NotesFull as exc:
+        raise HTTPException(413, str(exc)) from None
     if not changed:
         raise HTTPException(404, "no such alert")
     for alert in changed:  # the alert and the other messages of its event
@@ -344,7 +351,7 @@ async def _mark(
 
 
 @router.post(
-    "/api/alerts/{alert_id:path}/ack", response_model=AlertOut, responses=_404, tags=["alerts"]
+    "/api/alerts/{alert_id:path}/ack", response_model=AlertOut, responses=_MARK, tags=["alerts"]
 )
 async def acknowledge(
     state: StateDep, alert_id: AlertId, body: Mark, device: DeviceOf = None
@@ -354,7 +361,7 @@ async def acknowledge(
 
 
 @router.post(
-    "/api/alerts/{alert_id:path}/resolve", response_model=AlertOut, responses=_404, tags=["alerts"]
+    "/api/alerts/{alert_id:path}/resolve", response_model=AlertOut, responses=_MARK, tags=["alerts"]
 )
 async def resolve(
     state: StateDep, alert_id: AlertId, body: Mark, device: DeviceOf = None

@@ -3,6 +3,12 @@
 The broker's PUBACK for an alert is sent only after the alert is stored (manual acks), and
 the listener's own ack message `{"id": ..., "status": "stored"}` is published after the store
 commits. Rejected messages are counted and acknowledged so that the broker does not resend them.
+
+A packet id names a message only within one connection: after a reconnect the broker numbers
+its messages afresh, so a PUBACK for a message of the old connection would acknowledge
+another, not yet stored, message. Each message carries the connection (`session`) it came
+on, and its PUBACK is dropped if that connection has ended (the broker sends the message again,
+or the device resends it; storing is idempotent).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Pending:
     alert: dict[str, Any]
     mid: int
     qos: int
+    session: int  # the connection the message came on (Ingest._session when it arrived)
 
 
 class Ingest:
@@ -81,6 +88,11 @@ class Ingest:
         self._client_id = (
             client_id if cfg.mqtt.client_id else f"{client_id}-{random.getrandbits(24):06x}"[:64]
         )
+        # PUBACKs are sent only for messages of the current connection: `_session` counts
+        # connections, and changes under `_ack_lock` before paho can open the next one
+        self._ack_lock = threading.Lock()
+        self._session = 0
+        self.stale_acks = 0  # PUBACKs dropped because their connection had ended
         self.client = self._make_client()
         self._unreachable_said = False  # once per streak of failed attempts, then DEBUG
 
@@ -130,6 +142,7 @@ class Ingest:
             if worker is not None:
                 worker.join(timeout)
         self._worker = self._device_worker = None
+        self._end_session()
         self.client.disconnect()
         self.client.loop_stop()
         self.client.reinitialise()  # closes paho's wake-up socket pair (else only its finaliser)
@@ -163,10 +176,29 @@ class Ingest:
     def _on_disconnect(
         self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
+        # paho calls this on the network thread before it reconnects (which first empties its
+        # queue of packets to send): an ack of this connection's messages is from now on dropped
+        self._end_session()
         self.connected.clear()
         self.metrics.mqtt_connected.set(0)
         if not self._stop.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _end_session(self) -> None:
+        with self._ack_lock:
+            self._session += 1
+
+    def _ack(self, item: Pending) -> None:
+        """The broker's PUBACK for a stored (or dropped) alert, if its connection still stands."""
+        with self._ack_lock:  # not across a reconnect: `_end_session` waits for this
+            if item.session == self._session:
+                self.client.ack(item.mid, item.qos)
+                return
+            self.stale_acks += 1
+        log.debug(
+            "not acking packet %s of an ended connection (alert %s); it comes again",
+            item.mid, item.alert["id"],
+        )  # fmt: skip
 
     def _on_connect_fail(self, _c: mqtt.Client, _ud: Any) -> None:
         level = logging.DEBUG if self._unreachable_said else logging.WARNING
@@ -195,7 +227,8 @@ class Ingest:
                 log.warning("rejected a message on %s: %s", topic[:200], exc)
                 self.client.ack(mid, qos)
                 return
-            self._enqueue(Pending(alert, mid, qos))
+            # handle() runs on the network thread, where `_session` changes: no race here
+            self._enqueue(Pending(alert, mid, qos, self._session))
             return
         try:
             self._device_queue.put_nowait((topic, payload, retain))
@@ -337,7 +370,7 @@ class Ingest:
         if len(batch) == 1:
             log.error("cannot store alert %s; dropping it", batch[0].alert["id"], exc_info=exc)
             self.metrics.count("failed")
-            self.client.ack(batch[0].mid, batch[0].qos)
+            self._ack(batch[0])
             return
         for single in batch:
             self._store_batch([single])
@@ -355,7 +388,7 @@ class Ingest:
             ack = json.dumps({"id": item.alert["id"], "status": "stored"})
             self.client.publish(f"{self.prefix}/{item.alert['device_id']}/ack", ack, qos=1)
             self.metrics.acks.inc()
-            self.client.ack(item.mid, item.qos)
+            self._ack(item)
         self.metrics.count("stored", len(fresh))
         if fresh and self.on_stored is not None:
             try:

@@ -26,6 +26,7 @@ from listener.models import alerts, clips, devices
 log = logging.getLogger(__name__)
 
 STATUSES = ("new", "acknowledged", "resolved")
+NOTES_MAX_CHARS = 20_000  # all notes of one alert together, with the `<by>: ` of later ones
 
 # PostgreSQL: the whole batch as one JSON parameter, one fixed statement, one round trip.
 _PG_BULK = """
@@ -68,6 +69,17 @@ class AmbiguousAlert(Exception):
     def __init__(self, alert_id: str, devices: list[str]) -> None:
         super().__init__(f"alert id {alert_id!r} is used by devices {', '.join(devices)}")
         self.devices = devices
+
+
+class NotesFull(Exception):
+    """A note that would make an alert's notes longer than NOTES_MAX_CHARS."""
+
+    def __init__(self, alert_id: str, length: int) -> None:
+        super().__init__(
+            f"the notes of alert {alert_id!r} would be longer than {NOTES_MAX_CHARS} characters "
+            f"({length} now): nothing was changed"
+        )
+        self.length = length
 
 
 def utcnow() -> datetime:
@@ -428,13 +440,31 @@ class Store:
         """Acknowledge or resolve an alert, and with it every message of its event (start,
         updates, end share `event_id`); resolving also acknowledges. The alert itself first,
         then the other rows of its event; [] if unknown. The first acknowledgement is kept; a
-        note goes on the alert itself, and a later one is appended as a line `<by>: <note>`."""
+        note goes on the alert itself, and a later one is appended as a line `<by>: <note>`;
+        NotesFull (and nothing changed) if that would make the notes longer than
+        NOTES_MAX_CHARS."""
         now = utcnow()
         with self.engine.begin() as conn:
             key = self.find(conn, alert_id, device)
             if key is None:
                 return []
             this = (alerts.c.device_id == key[0]) & (alerts.c.id == alert_id)
+            if note is not None:  # a later note is added on its own line, with who wrote it
+                line = f"\n{by}: {note}"
+                added = case((alerts.c.note.is_(None), note), else_=alerts.c.note + line)
+                length = case(
+                    (alerts.c.note.is_(None), len(note)),
+                    else_=func.length(alerts.c.note) + len(line),
+                )
+                # the check and the append are one statement: concurrent notes cannot pass it
+                result = conn.execute(
+                    update(alerts).where(this, length <= NOTES_MAX_CHARS).values(note=added)
+                )
+                if result.rowcount == 0:  # the transaction is rolled back: nothing changes
+                    now_length = conn.execute(
+                        select(func.coalesce(func.length(alerts.c.note), 0)).where(this)
+                    ).scalar_one()
+                    raise NotesFull(alert_id, int(now_length))
             event = conn.execute(select(alerts.c.event_id).where(this)).scalar() or alert_id
             same = (alerts.c.device_id == key[0]) & (
                 (alerts.c.id == event) | (alerts.c.event_id == event)
@@ -449,12 +479,6 @@ class Store:
                 )
             else:
                 conn.execute(update(alerts).where(unseen).values(**seen, status="acknowledged"))
-            if note is not None:  # a later note is added on its own line, with who wrote it
-                added = case(
-                    (alerts.c.note.is_(None), note),
-                    else_=alerts.c.note + f"\n{by}: {note}",
-                )
-                conn.execute(update(alerts).where(this).values(note=added))
             rows = conn.execute(self._select().where(same)).mappings().all()
         out = [_to_api(r) for r in rows]
         out.sort(key=lambda a: a["id"] != alert_id)

@@ -440,3 +440,44 @@ def test_a_whole_number_score_comes_back_as_sent(api: tuple[TestClient, State]) 
     state.store.store_alerts([alert], datetime.now(timezone.utc))
     body = client.get(f"/api/alerts/{alert['id']}", headers=AUTH).text
     assert '"score":1,' in body
+
+
+NOTES_MAX_CHARS = 20_000  # as docs/listener.md says
+
+
+def test_the_notes_of_one_alert_are_bounded(api: tuple[TestClient, State]) -> None:
+    """Each note is at most 2000 characters, but notes kept being appended: one client could
+    grow an alert's row without end. All notes of an alert together (with the `<by>: ` of the
+    later ones) are at most 20,000 characters; a note beyond that is refused with 413 and
+    changes nothing, not even the acknowledgement it came with."""
+    client, state = api
+    alert = make_alert("porch-pi")
+    state.store.store_alerts([alert], datetime.now(timezone.utc))
+    url = f"/api/alerts/{alert['id']}"
+    for i in range(9):  # 2000 + 8 * (2000 + len("\nalice: ")) = 18,064 characters
+        body = {"by": "alice", "note": str(i) * 2000}
+        assert client.post(url + "/ack", json=body, headers=AUTH).status_code == 200
+    fits = NOTES_MAX_CHARS - 18_064 - len("\nbob: ")
+    last = client.post(url + "/ack", json={"by": "bob", "note": "x" * fits}, headers=AUTH)
+    assert last.status_code == 200, last.text
+    assert len(last.json()["listener"]["note"]) == NOTES_MAX_CHARS
+
+    refused = client.post(url + "/resolve", json={"by": "bob", "note": "y"}, headers=AUTH)
+    assert refused.status_code == 413
+    assert refused.headers["content-type"] == "application/json"
+    detail = refused.json()["detail"]
+    assert f"longer than {NOTES_MAX_CHARS} characters ({NOTES_MAX_CHARS} now)" in detail
+    got = client.get(url, headers=AUTH).json()["listener"]
+    assert got["status"] == "acknowledged"  # the refused resolve did not happen
+    assert len(got["note"]) == NOTES_MAX_CHARS
+    assert got["note"].endswith("\nbob: " + "x" * fits)
+    # handling without a note still works, and another alert has notes of its own
+    done = client.post(url + "/resolve", json={"by": "bob"}, headers=AUTH)
+    assert done.json()["listener"]["status"] == "resolved"
+    other = make_alert("porch-pi")
+    state.store.store_alerts([other], datetime.now(timezone.utc))
+    body = {"by": "bob", "note": "fine"}
+    assert client.post(f"/api/alerts/{other['id']}/ack", json=body, headers=AUTH).status_code == 200
+    from listener import store
+
+    assert store.NOTES_MAX_CHARS == NOTES_MAX_CHARS

@@ -542,3 +542,56 @@ def test_device_messages_update_one_line_without_a_devices_query(
     assert names == sorted(names)
     assert len(queried) == before, queried[before:]
     device.close()
+
+
+def test_a_page_left_open_keeps_a_bounded_list_and_older_ones_stay_reachable(
+    listener: str, browser: BrowserContext, mosquitto: Mosquitto
+) -> None:
+    """A tab left open for days added every live alert to its list (and the map) for ever.
+    The list keeps the newest 200 entries (a page); the oldest go, with their markers, and
+    "Show older" brings them back, then nothing is dropped that was asked for."""
+    device = DeviceClient(mosquitto.port)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{listener}/#token={TOKEN}")
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=10_000)
+    page.wait_for_selector("#empty:not([hidden])", timeout=5_000)
+    sent = [
+        make_alert(f"pi-{i % 3}", location={"lat": 10.0 + i / 100, "lon": 20.0}) for i in range(230)
+    ]
+    for start in range(0, len(sent), 40):  # stored in batches smaller than a page
+        for alert in sent[start : start + 40]:
+            device.publish_alert(alert)
+        device.wait_acks(min(start + 40, len(sent)), timeout=30)
+    newest = f'#alerts li:first-child[data-id="{sent[-1]["id"]}"]'
+    page.wait_for_selector(newest, timeout=10_000)  # every live alert has arrived
+    assert page.locator("#alerts li").count() == 200
+    assert page.evaluate("() => [state.events.size, state.markers.size]") == [200, 200]
+    assert page.locator(".leaflet-interactive").count() == 200
+    shown = [e["id"] for e in entries(page)]
+    assert shown == [str(a["id"]) for a in reversed(sent[30:])]  # the 30 oldest went
+    assert page.locator("#older").is_visible()
+
+    page.click("#older")
+    page.wait_for_function("() => document.querySelectorAll('#alerts li').length === 230",
+                           timeout=10_000)  # fmt: skip
+    shown = [e["id"] for e in entries(page)]
+    assert shown == [str(a["id"]) for a in reversed(sent)]  # all of them, once, in order
+    page.wait_for_selector("#older", state="hidden", timeout=5_000)
+
+    more = [make_alert("pi-0") for _ in range(5)]
+    for alert in more:
+        device.publish_alert(alert)
+    device.wait_acks(len(sent) + len(more), timeout=30)
+    page.wait_for_selector(f'#alerts li:first-child[data-id="{more[-1]["id"]}"]', timeout=10_000)
+    shown = [e["id"] for e in entries(page)]
+    assert len(shown) == 230  # what "Show older" loaded is kept, the oldest make room
+    assert shown == [str(a["id"]) for a in reversed([*sent[5:], *more])]
+    page.click("#older")
+    page.wait_for_function("() => document.querySelectorAll('#alerts li').length === 235",
+                           timeout=10_000)  # fmt: skip
+    shown = [e["id"] for e in entries(page)]
+    assert shown == [str(a["id"]) for a in reversed([*sent, *more])]
+    assert errors == []
+    device.close()

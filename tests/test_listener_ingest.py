@@ -253,3 +253,36 @@ def test_retained_status_and_health_keep_their_time(
     assert after["status_at"] == died["status_at"]
     assert after["health_at"] == before["health_at"]
     device.close()
+
+
+def test_a_lower_case_z_is_utc(
+    running: tuple[Ingest, Store, Metrics], mosquitto: Mosquitto
+) -> None:
+    """RFC 3339 lets the UTC designator be `z`: such an alert is stored (at the right time)
+    and acked like any other, not dropped as malformed."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import select
+
+    from listener.models import alerts
+
+    _ingest, store, metrics = running
+    device = DeviceClient(mosquitto.port)
+    alert = make_alert(
+        "kitchen-pi", started_at="2026-11-21T10:00:00.000z", sent_at="2026-11-21T10:00:01z"
+    )
+    device.publish_alert(alert)
+    [ack] = device.wait_acks(1)
+    assert ack["id"] == alert["id"]
+    assert metrics.value("malformed") == 0
+    with store.engine.connect() as conn:
+        started, sent = conn.execute(
+            select(alerts.c.started_at, alerts.c.sent_at).where(alerts.c.id == alert["id"])
+        ).one()
+    utc = timezone.utc
+    assert started.replace(tzinfo=started.tzinfo or utc) == datetime(2026, 11, 21, 10, tzinfo=utc)
+    assert sent.replace(tzinfo=sent.tzinfo or utc) == datetime(2026, 11, 21, 10, 0, 1, tzinfo=utc)
+    got = store.get_alert(str(alert["id"]))
+    assert got is not None
+    assert got["started_at"] == "2026-11-21T10:00:00.000z"  # the message as it was sent
+    device.close()

@@ -5,7 +5,8 @@
 
 const state = {
   token: "", events: new Map(), markers: new Map(), map: null, clipUrl: "",
-  cursor: null,  // the oldest message loaded by pages: where "Show older" goes on
+  cursor: null,  // {at, id}: "Show older" loads what was received before (id: or at `at`, lower ids)
+  keep: 0,  // the most entries the list holds (see trim)
   summaryTimer: 0,
   run: 0,  // one follow() loop per successful log-in; an older loop stops
 };
@@ -47,7 +48,7 @@ const alertPath = (alert, tail = "") =>
   `/api/alerts/${encodeURIComponent(alert.id)}${tail}?device=${encodeURIComponent(alert.device_id)}`;
 const RANK = { new: 0, acknowledged: 1, resolved: 2 };
 const SEVERITY = { info: 0, warning: 1, critical: 2 };
-const PAGE = 200;
+const PAGE = 200;  // messages per page; also the entries a list fed live keeps (see trim)
 
 function text(tag, value, cls) {
   const el = document.createElement(tag);
@@ -140,13 +141,49 @@ function upsertAlert(alert, where) {
   const old = list.querySelector(
     `li[data-id="${CSS.escape(event.id)}"][data-device="${CSS.escape(alert.device_id)}"]`);
   if (old) old.replaceWith(fresh);
-  else if (where === "top") list.prepend(fresh);
-  else list.append(fresh);
+  else if (where === "top") {
+    list.prepend(fresh);
+    trim();
+  } else list.append(fresh);
   $("empty").hidden = true;
   placeMarker(key, event);
   if (alert.event_id && !event.fetched && !event.messages.has(`${alert.device_id}/${event.id}`)) {
     event.fetched = true;  // its start is older than what is loaded: fetch the whole event
     completeEvent(alert.device_id, event.id);
+  }
+}
+
+// A listener time (microseconds) in milliseconds, rounded down.
+const msOf = (iso) => Date.parse(String(iso).replace(/(\.\d{3})\d+/, "$1"));
+
+// A tab left open for days must not grow without end: the list keeps its newest
+// `state.keep` entries (one page, plus what "Show older" brought in), the oldest go with their
+// markers, and "Show older" goes on from just after the newest message they held, so that
+// paging loads them (and everything older) again. Messages stored with them in one batch
+// (one time) come again too; they update their entries in place.
+function trim() {
+  const list = $("alerts");
+  let newest = -Infinity;
+  const keep = Math.max(PAGE, state.keep);
+  while (list.children.length > keep) {
+    const li = list.lastElementChild;
+    const key = `${li.dataset.device}/${li.dataset.id}`;
+    for (const m of (state.events.get(key) || { messages: new Map() }).messages.values()) {
+      newest = Math.max(newest, msOf((m.listener || {}).received_at) || -Infinity);
+    }
+    state.events.delete(key);
+    const marker = state.markers.get(key);
+    if (marker) marker.remove();
+    state.markers.delete(key);
+    li.remove();
+  }
+  if (newest > -Infinity) {
+    // received_at has microseconds, a Date milliseconds: the next millisecond is after it
+    const after = new Date(newest + 1).toISOString();
+    if (!state.cursor || !(msOf(state.cursor.at) >= newest + 1)) {
+      state.cursor = { at: after, id: "" };
+    }
+    $("older").hidden = false;
   }
 }
 
@@ -357,8 +394,8 @@ async function follow(run) {
 async function loadPage(older) {
   let query = `/api/alerts?limit=${PAGE}`;
   if (older && state.cursor) {
-    query += `&before=${encodeURIComponent(state.cursor.listener.received_at)}` +
-      `&before_id=${encodeURIComponent(state.cursor.id)}`;
+    query += `&before=${encodeURIComponent(state.cursor.at)}`;
+    if (state.cursor.id) query += `&before_id=${encodeURIComponent(state.cursor.id)}`;
   }
   const response = await api(query);
   if (!response.ok) {
@@ -366,7 +403,8 @@ async function loadPage(older) {
     return null;
   }
   const alerts = await response.json();
-  if (alerts.length) state.cursor = alerts[alerts.length - 1];
+  const last = alerts[alerts.length - 1];
+  if (last) state.cursor = { at: last.listener.received_at, id: last.id };
   $("older").hidden = alerts.length < PAGE;
   return alerts;
 }
@@ -375,6 +413,7 @@ async function reload() {
   const alerts = await loadPage(false);
   if (alerts === null) return;
   $("alerts").replaceChildren();
+  state.keep = PAGE;
   state.events.clear();
   for (const marker of state.markers.values()) marker.remove();
   state.markers.clear();
@@ -388,6 +427,7 @@ async function showOlder() {
   try {
     const alerts = await loadPage(true);
     if (alerts) for (const alert of alerts) upsertAlert(alert, "bottom");
+    state.keep = Math.max(state.keep, $("alerts").children.length);  // what was asked for stays
   } catch (err) {
     if (!(err instanceof Unauthorized)) notice(`Could not load older alerts: ${err.message || err}`);
   }
