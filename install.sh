@@ -196,9 +196,12 @@ package_tar() {
 }
 
 install_venv() {
-  local venv=$ROOT$VENV src=$ROOT$PREFIX/src stamp
+  local venv=$ROOT$VENV src=$ROOT$PREFIX/src stamp extras=device
+  # the listener's own packages (API server, store) only where its service is installed
+  [ "$WITH_LISTENER" = 1 ] && extras=device,listener
   check_python
-  stamp=$(package_tar --sort=name --mtime=@0 --owner=0 --group=0 | sha256sum | cut -c1-16)
+  # the stamp names the extras: a later --with-listener must install the listener's packages
+  stamp=$( (package_tar --sort=name --mtime=@0 --owner=0 --group=0; echo "$extras") | sha256sum | cut -c1-16)
   if [ -x "$venv/bin/safeguard" ] && [ "$(cat "$ROOT$PREFIX/.source-stamp" 2>/dev/null)" = "$stamp" ]; then
     say "virtual environment: $VENV is current"
     return
@@ -208,10 +211,10 @@ install_venv() {
   mkdir -p "$src"
   package_tar | tar -C "$src" -xf -
   # pip reads the system's /etc/pip.conf, where Raspberry Pi OS configures its ARM wheel index
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${src}[device]"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${src}[$extras]"
   rm -rf "$src/build" "$src"/*.egg-info
   echo "$stamp" >"$ROOT$PREFIX/.source-stamp"
-  did "virtual environment: $VENV with safeguard[device] from $SRC ($("$venv/bin/safeguard" --version))"
+  did "virtual environment: $VENV with safeguard[$extras] from $SRC ($("$venv/bin/safeguard" --version))"
 }
 
 # The models only a camera needs (video.source): without a camera in the config they are

@@ -187,6 +187,18 @@ def test_the_listener_can_read_its_config(staged: tuple[Path, str]) -> None:
         assert readable_by_others(root / config.lstrip("/")), f"{config} is not readable"
 
 
+def test_the_installed_listener_starts(staged: tuple[Path, str]) -> None:
+    """`--with-listener` installed the listener's unit but not its packages, so under a real
+    systemd the service died at import (no uvicorn) and was restarted every 2 s for ever."""
+    root, _ = staged
+    exe = root / "opt/safeguard/venv/bin/safeguard-listener"
+    result = subprocess.run(
+        [str(exe), "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--config" in result.stdout
+
+
 def test_an_unedited_previous_default_config_is_upgraded(
     staged: tuple[Path, str], tmp_path: Path
 ) -> None:
