@@ -42,7 +42,15 @@ from bench.peers import (
     recording_group,
 )
 from converter.cli import snr_range
-from converter.train_head import ClipWindows, Example, extract, fit_head, origins
+from converter.train_head import (
+    DEFAULT_PATCH_FEATURES,
+    ClipWindows,
+    Example,
+    extract,
+    fit_head,
+    origins,
+    window_patch_stats,
+)
 from edge.analyze import analyze_audio, window_ends
 from edge.categories import DEFAULT_CATEGORIES, CategoryConfig
 from edge.detector import Detector
@@ -81,13 +89,22 @@ def training_clips(
     clip at an SNR from `snr_db`), cached under bench/cache/ since extraction is slow."""
     snr = "" if snr_db == DEFAULT_SNR else f"_snr{snr_db[0]:g}_{snr_db[1]:g}"
     path = CACHE / f"train_{variant}_aug{augment}{snr}_{len(examples)}.npz"
+    keys = ("lengths", "sources", "scores", "embeddings", "levels", "patch_stats")
+    arrays: dict[str, np.ndarray] = {}
     if path.exists():
         with np.load(path) as data:
-            arrays = {k: data[k] for k in ("lengths", "sources", "scores", "embeddings", "levels")}
+            arrays = {k: data[k] for k in keys if k in data}
+    if len(arrays) == len(keys):  # an older cache without the patch statistics: extract anew
         bounds = np.cumsum(np.concatenate([[0], arrays["lengths"]]))
         embeddings = arrays["embeddings"].astype(np.float32)
         return [
-            ClipWindows(arrays["scores"][a:b], embeddings[a:b], arrays["levels"][a:b], int(src))
+            ClipWindows(
+                arrays["scores"][a:b],
+                embeddings[a:b],
+                arrays["levels"][a:b],
+                int(src),
+                arrays["patch_stats"][a:b],
+            )
             for a, b, src in zip(bounds[:-1], bounds[1:], arrays["sources"], strict=True)
         ]
     log.info("extracting training windows (%s, %d augmented copies)", variant, augment)
@@ -108,8 +125,15 @@ def training_clips(
         scores=np.concatenate([c.scores for c in clips]),
         embeddings=np.concatenate([c.embeddings for c in clips]).astype(np.float16),
         levels=np.concatenate([c.level_db for c in clips]),
+        patch_stats=np.concatenate([_stats(c) for c in clips]),
     )
     return clips
+
+
+def _stats(clip: ClipWindows) -> np.ndarray:
+    if clip.patch_stats is None:
+        raise ValueError("training windows without patch statistics")
+    return clip.patch_stats
 
 
 def with_heads(
@@ -127,7 +151,13 @@ def with_heads(
     order = sorted(train)
     remap = {old: new for new, old in enumerate(order)}
     kept = [
-        ClipWindows(c.scores, c.embeddings, c.level_db, remap[c.source] if c.source >= 0 else -1)
+        ClipWindows(
+            c.scores,
+            c.embeddings,
+            c.level_db,
+            remap[c.source] if c.source >= 0 else -1,
+            c.patch_stats,
+        )
         for c in keep
     ]
     # originals first, in `order`, then the augmented copies (as `origins` expects)
@@ -140,7 +170,9 @@ def with_heads(
             continue
         positive = np.array([truth[i] == name for i in order] + [False] * len(negatives))
         path = folder / f"{name}.npz"
-        save_head(path, fit_head([*originals, *negatives, *copies], positive))
+        features = DEFAULT_PATCH_FEATURES.get(name, "")
+        head = fit_head([*originals, *negatives, *copies], positive, patch_features=features)
+        save_head(path, head)
         out[name] = cfg.model_copy(update={"head": str(path)})
     return out
 
@@ -176,6 +208,7 @@ def background_windows(
                 np.stack([w.scores for w in windows]),
                 np.stack([w.embedding for w in windows]),
                 np.zeros(len(windows), np.float32),
+                patch_stats=window_patch_stats(windows),
             )
         )
     return out

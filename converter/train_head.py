@@ -12,6 +12,10 @@ recordings the head has not heard. A clip's score is its highest window score. T
 operating threshold is chosen on the out-of-fold clip scores so that at most `target_fp`
 of the negative clips would be flagged: the head's output is the class-balanced logistic
 probability, and its calibrated operating point is that threshold.
+
+A head may also have a second logistic part on statistics of the window's log-mel patch
+(`edge.frontend.patch_stats`), its probability averaged with the embedding part's:
+`DEFAULT_PATCH_FEATURES` says for which categories that measured better.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.frontend import PATCH_STATS, PATCH_STATS_SIZE, patch_stats
 from edge.heads import Head
 
 __all__ = ["ClipWindows", "Example", "Head", "TrainError", "train_head"]
@@ -41,6 +46,11 @@ SAMPLE_RATE = 16000
 PAD_S = 0.5
 POSITIVE_DB = 10.0
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+# Heads that also read the window's log-mel statistics (gain-invariant spectral envelope and
+# its movement) in a second logistic head averaged with the embedding one: glass breaking
+# gains clip recall at fewer `none` clips flagged and stream events (grouped CV, dev data);
+# scream and gunshot lose clip recall that way, so they keep the embedding alone.
+DEFAULT_PATCH_FEATURES = {"glass_break": PATCH_STATS}
 
 
 class TrainError(Exception):
@@ -56,12 +66,22 @@ class Example:
 
 @dataclass
 class ClipWindows:
-    """One clip's windows: scores [w, 521], embeddings [w, 1024], loudness [w] in dB."""
+    """One clip's windows: scores [w, 521], embeddings [w, 1024], loudness [w] in dB and
+    `edge.frontend.patch_stats` [w, 240] of their log-mel patches (zeros where silent)."""
 
     scores: F32
     embeddings: F32
     level_db: F32
     source: int = -1  # for an augmented copy, the index of the clip it was made from
+    patch_stats: F32 | None = None
+
+    def inputs(self, patch_features: str = "") -> F32:
+        """The head inputs of every window: the embedding, then the patch features."""
+        if not patch_features:
+            return self.embeddings
+        if patch_features != PATCH_STATS or self.patch_stats is None:
+            raise TrainError(f"no {patch_features!r} features for these windows")
+        return np.concatenate([self.embeddings, self.patch_stats], axis=1).astype(np.float32)
 
 
 def recording_group(file: str) -> str:
@@ -198,10 +218,18 @@ def _load_model(model_dir: Path, variant: str) -> Any:
 
     if variant == "yamnet":
         path = model_file("yamnet", model_dir)
-        return Yamnet(path, "yamnet", labels_from_model(path))
+        model = Yamnet(path, "yamnet", labels_from_model(path))
+        model.keep_patch = True  # for the patch statistics
+        return model
     labels = labels_from_class_map(model_file("yamnet_class_map", model_dir))
     path = model_file("yamnet_spectra_in", model_dir)
     return Yamnet(path, "yamnet_spectra_in", labels)
+
+
+def window_patch_stats(windows: Sequence[Any]) -> F32:
+    """`patch_stats` of each window's patch [w, 240]; zeros for a window without one."""
+    empty = np.zeros(PATCH_STATS_SIZE, np.float32)
+    return np.stack([empty if w.patch is None else patch_stats(w.patch) for w in windows])
 
 
 def clip_windows(model: Any, audio: F32, hop_s: float, source: int = -1) -> ClipWindows:
@@ -218,6 +246,7 @@ def clip_windows(model: Any, audio: F32, hop_s: float, source: int = -1) -> Clip
         np.stack([w.embedding for w in windows]),
         window_levels(audio, hop, pad, len(windows)),
         source,
+        window_patch_stats(windows),
     )
 
 
@@ -269,9 +298,11 @@ def origins(clips: Sequence[ClipWindows]) -> npt.NDArray[np.intp]:
 
 
 def training_windows(
-    clips: Sequence[ClipWindows], positive: Sequence[bool] | npt.NDArray[np.bool_]
+    clips: Sequence[ClipWindows],
+    positive: Sequence[bool] | npt.NDArray[np.bool_],
+    patch_features: str = "",
 ) -> tuple[F32, npt.NDArray[np.int8], npt.NDArray[np.intp]]:
-    """(embeddings, labels, original clip index) of the windows that train the head;
+    """(inputs, labels, original clip index) of the windows that train the head;
     `positive` is per original clip, augmented copies take their source's label."""
     xs, ys, owners = [], [], []
     source = origins(clips)
@@ -281,7 +312,7 @@ def training_windows(
         if pos:
             audible &= clip.level_db >= clip.level_db.max() - POSITIVE_DB
         idx = np.flatnonzero(audible)
-        xs.append(clip.embeddings[idx])
+        xs.append(clip.inputs(patch_features)[idx])
         ys.append(np.full(len(idx), int(pos), np.int8))
         owners.append(np.full(len(idx), i, np.intp))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(owners)
@@ -305,12 +336,38 @@ def _fit(x: F32, y: npt.NDArray[np.int8], c: float) -> Any:
     return model
 
 
+def _fit_models(x: F32, y: npt.NDArray[np.int8], c: float, patch_features: str) -> list[Any]:
+    """One pipeline on the embedding; with `patch_features` (the last columns of `x`) a
+    second one on those alone, whose probability `_decision` averages with the first's."""
+    if not patch_features:
+        return [_fit(x, y, c)]
+    split = x.shape[1] - PATCH_STATS_SIZE
+    return [_fit(x[:, :split], y, c), _fit(x[:, split:], y, c)]
+
+
+def _decision(models: Sequence[Any], x: F32) -> F32:
+    """The raw logit of each row: of the single model, or of the averaged probability."""
+    if len(models) == 1:
+        out: F32 = models[0].decision_function(x).astype(np.float32)
+        return out
+    split = x.shape[1] - PATCH_STATS_SIZE
+    p = 0.5 * (
+        sigmoid(models[0].decision_function(x[:, :split]))
+        + sigmoid(models[1].decision_function(x[:, split:]))
+    )
+    p = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)
+    logit: F32 = (np.log(p) - np.log1p(-p)).astype(np.float32)
+    return logit
+
+
 def cross_validate(
     clips: Sequence[ClipWindows],
     positive: Sequence[bool] | npt.NDArray[np.bool_],
     groups: Sequence[str],
     c: float = 0.01,
     folds: int = 5,
+    *,
+    patch_features: str = "",
 ) -> CrossValidation:
     """Out-of-fold scores with StratifiedGroupKFold over recordings; `positive` and `groups`
     are per original clip (the first of `clips`), augmented copies follow their source."""
@@ -327,12 +384,13 @@ def cross_validate(
         )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
     clip_scores = np.full(len(pos), np.nan, np.float32)
-    x, y, owner = training_windows(clips, positive)
+    x, y, owner = training_windows(clips, positive, patch_features)
     for k, (train, test) in enumerate(splitter.split(np.zeros(len(pos)), pos, group_ids)):
         in_train = np.isin(owner, train)
-        model = _fit(x[in_train], y[in_train], c)
+        models = _fit_models(x[in_train], y[in_train], c, patch_features)
         for i in test:
-            clip_scores[i] = float(model.decision_function(clips[i].embeddings).max())
+            inputs = clips[i].inputs(patch_features)
+            clip_scores[i] = float(_decision(models, inputs).max())
         log.info("fold %d/%d done", k + 1, folds)
     return CrossValidation(clip_scores, folds)
 
@@ -367,22 +425,29 @@ def fit_head(
     c: float = 0.01,
     threshold: float = 0.5,
     metadata: dict[str, Any] | None = None,
+    *,
+    patch_features: str = "",
 ) -> Head:
-    """A head trained on every (training) window of `clips`."""
-    x, y, _ = training_windows(clips, positive)
+    """A head trained on every (training) window of `clips`: on the embedding and, if
+    `patch_features` (`edge.frontend.PATCH_STATS`) are named, a second one on those whose
+    probability is averaged with the first's (`edge.heads.Head`)."""
+    x, y, _ = training_windows(clips, positive, patch_features)
     if y.min() == y.max():
         raise TrainError("the training windows are all of one class")
-    model = _fit(x, y, c)
-    scaler, logistic = model.steps[0][1], model.steps[1][1]
+    models = _fit_models(x, y, c, patch_features)
+    scalers = [m.steps[0][1] for m in models]
+    logistics = [m.steps[1][1] for m in models]
     return Head.from_arrays(
-        logistic.coef_[0].astype(np.float32),
-        float(logistic.intercept_[0]),
-        scaler.mean_.astype(np.float32),
-        scaler.scale_.astype(np.float32),
+        np.concatenate([m.coef_[0] for m in logistics]).astype(np.float32),
+        float(logistics[0].intercept_[0]),
+        np.concatenate([m.mean_ for m in scalers]).astype(np.float32),
+        np.concatenate([m.scale_ for m in scalers]).astype(np.float32),
         np.zeros(0, np.intp),
         (1.0, 0.0),
         threshold,
         metadata,
+        patch_features,
+        float(logistics[-1].intercept_[0]) if patch_features else 0.0,
     )
 
 
@@ -396,9 +461,13 @@ def train_head(
     folds: int = 5,
     target_fp: float = 0.005,
     min_per_class: int = 10,
+    patch_features: str | None = None,
 ) -> tuple[Head, dict[str, Any]]:
     """The head for `category` trained on every clip, with its cross-validated report;
-    `categories` and `groups` are per original clip (augmented copies come after them)."""
+    `categories` and `groups` are per original clip (augmented copies come after them).
+    `patch_features` defaults to the category's entry in `DEFAULT_PATCH_FEATURES`."""
+    if patch_features is None:
+        patch_features = DEFAULT_PATCH_FEATURES.get(category, "")
     positive = np.array([cat == category for cat in categories])
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos < min_per_class or n_neg < min_per_class:
@@ -407,7 +476,7 @@ def train_head(
             f"need at least {min_per_class} of each"
         )
     started = time.monotonic()
-    cv = cross_validate(clips, positive, groups, c, folds)
+    cv = cross_validate(clips, positive, groups, c, folds, patch_features=patch_features)
     logit_threshold = choose_threshold(cv.clip_scores[~positive], target_fp)
     threshold = 1.0 / (1.0 + math.exp(-min(max(logit_threshold, -60.0), 60.0)))
     report = {
@@ -416,6 +485,7 @@ def train_head(
         "groups": {"positive": len(set(np.array(groups)[positive])), "all": len(set(groups))},
         "folds": cv.folds,
         "C": c,
+        "patch_features": patch_features,
         "target_fp": target_fp,
         "threshold": threshold,
         "logit_threshold": round(logit_threshold, 3),
@@ -423,9 +493,9 @@ def train_head(
             k: round(v, 4) for k, v in metrics(cv.clip_scores, positive, logit_threshold).items()
         },
     }
-    head = fit_head(clips, positive, c, threshold, report)
+    head = fit_head(clips, positive, c, threshold, report, patch_features=patch_features)
     log.info("trained %s in %.1f s: %s", category, time.monotonic() - started, report["cv"])
-    return head, report
+    return head, head.metadata  # the report, with what fitting added (`patch_bias`)
 
 
 def model_card(metadata: dict[str, Any], examples: Sequence[Example]) -> str:
@@ -435,13 +505,20 @@ def model_card(metadata: dict[str, Any], examples: Sequence[Example]) -> str:
     for example in examples:
         counts[example.category] = counts.get(example.category, 0) + 1
     data = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+    patch = ""
+    if metadata.get("patch_features"):
+        patch = (
+            f"\nIts probability is averaged with that of a second such head (same C) on the "
+            f"{PATCH_STATS_SIZE}\n`{metadata['patch_features']}` statistics of the window's "
+            "log-mel patch (`edge.frontend.patch_stats`).\n"
+        )
     return f"""# Head: {metadata["category"]}
 
 A logistic-regression head (class-balanced, L2, C={metadata["C"]}) on the 1024-d embedding
 of `{metadata["variant"]}`, applied per window by `edge.heads` (numpy only). Its threshold
 is calibrated by grouped cross-validation to flag at most {metadata["target_fp"]:.1%} of the
 other clips.
-
+{patch}
 - Training data: `{metadata["data"]}` ({data} clips; {metadata["groups"]["all"]} recording
   groups, {metadata["groups"]["positive"]} of them positive). Positive windows are a positive
   clip's windows within {POSITIVE_DB:.0f} dB of its loudest; every window of other clips is

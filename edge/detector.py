@@ -39,6 +39,8 @@ class Detector:
         self.model = model
         self.categories = {n: c for n, c in categories.items() if c.enabled}
         self.scorer = CategoryScorer(self.categories, model.labels, variant=model.variant)
+        if self.scorer.patch_features:  # a head reads the log-mel patch: have windows keep it
+            model.keep_patch = True
         self.smoothers = {n: Smoother(c.smoothing, WINDOW_S) for n, c in self.categories.items()}
         self.origin_wall = origin_wall
         self.stats = DetectorStats()

@@ -3,6 +3,9 @@
 Matches YAMNet's `features.py`: 25 ms periodic-Hann frames every 10 ms, a 512-point FFT
 magnitude, 64 HTK mel bands from 125 to 7500 Hz, and log(mel + 0.001). A patch is 96
 frames (0.975 s of audio, 15600 samples at 16 kHz).
+
+`patch_stats` summarises a patch (spectral envelope and its movement over the window) as
+extra inputs for a trained head (`edge.heads`), next to YAMNet's mean-pooled embedding.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ PATCH_FRAMES = 96
 PATCH_SAMPLES = WINDOW + (PATCH_FRAMES - 1) * HOP  # 15600
 LOG_OFFSET = 0.001
 CHUNK = 48  # frames per FFT block: small enough for its buffers to stay in cache
+PATCH_STATS = "logmel-stats-1"  # the name a head file gives `patch_stats`' inputs
+CEPSTRA = 20
+HIGH_BAND = 40  # mel bands from here up (about 2.9 kHz and above) make the high-band share
+PATCH_STATS_SIZE = 3 * MEL_BANDS + 8 + 2 * CEPSTRA  # 240
 
 F32 = npt.NDArray[np.float32]
 
@@ -38,6 +45,63 @@ def mel_matrix(
     falling = (upper - spec_mel) / (upper - center)
     weights = np.maximum(0.0, np.minimum(rising, falling))
     return np.vstack([np.zeros((1, bands)), weights]).astype(np.float32)
+
+
+_BANDS = np.arange(MEL_BANDS, dtype=np.float32)
+# DCT-II rows (unnormalised) over the 64 log-mel bands: cepstra 0..CEPSTRA-1
+_DCT = np.cos(np.pi / MEL_BANDS * (_BANDS[None, :] + 0.5) * np.arange(CEPSTRA)[:, None]).astype(
+    np.float32
+)
+
+
+def patch_stats(patch: F32) -> F32:
+    """`PATCH_STATS_SIZE` statistics of a [frames, 64] log-mel patch, all unchanged by the
+    input gain (log-domain differences and ratios only), so a head does not learn how loud
+    the training recordings were:
+
+    - per band, the mean over time minus the mean over all bands (spectral shape, 64);
+    - per band, the standard deviation over time (64) and of the frame-to-frame change (64);
+    - spectral flux (summed rise per frame: mean, max), the high-band share of the mel
+      power (mean, max), the frame log power (std, max minus mean) and the spectral
+      centroid in bands (mean, std) (8);
+    - the standard deviation over time of cepstra 0-19 (DCT of the frame) and of their
+      frame-to-frame change (40).
+    """
+    p = np.asarray(patch, np.float32)
+    both = np.concatenate([p, p @ _DCT.T], axis=1)  # log-mel bands, then cepstra
+    delta = np.diff(both, axis=0)
+    spread, moves = both.std(axis=0), delta.std(axis=0)
+    mean = p.mean(axis=0)
+    power = np.exp(p)
+    total = power.sum(axis=1)
+    flux = np.maximum(delta[:, :MEL_BANDS], 0).sum(axis=1)
+    high = power[:, HIGH_BAND:].sum(axis=1) / total
+    level = np.log(total)
+    centroid = (power @ _BANDS) / total
+    scalars = np.array(
+        [
+            flux.mean(),
+            flux.max(),
+            high.mean(),
+            high.max(),
+            level.std(),
+            level.max() - level.mean(),
+            centroid.mean(),
+            centroid.std(),
+        ],
+        np.float32,
+    )
+    out: F32 = np.concatenate(
+        [
+            mean - mean.mean(),
+            spread[:MEL_BANDS],
+            moves[:MEL_BANDS],
+            scalars,
+            spread[MEL_BANDS:],
+            moves[MEL_BANDS:],
+        ]
+    ).astype(np.float32)
+    return out
 
 
 class LogMel:

@@ -5,7 +5,10 @@ A head file (`.npz`, written by `safeguard-convert train-head`) holds:
 (indices of YAMNet scores appended to the embedding, possibly none), `calibration` [2]
 (a, b: probability = sigmoid(a * z + b) for the raw logit z), `threshold` (the calibrated
 operating point chosen by cross-validation) and `metadata` (a JSON string: category,
-training data, CV metrics, the command that made it).
+training data, CV metrics, the command that made it). Optionally `patch_features`, the name
+of statistics of the window's log-mel patch (`edge.frontend.PATCH_STATS`), and `patch_bias`:
+then the last `weights` are a second logistic head on those statistics, whose probability
+is averaged with the embedding head's. A file without them (or with "") has no patch head.
 """
 
 from __future__ import annotations
@@ -22,17 +25,32 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ConfigError
+from edge.frontend import PATCH_STATS, PATCH_STATS_SIZE, patch_stats
 from models_tflite import HEADS
 
 HEADS_DIR = HEADS  # installed with the package (models_tflite/heads)
 EMBEDDING_SIZE = 1024
 F32 = npt.NDArray[np.float32]
 KEYS = ("weights", "bias", "mean", "scale", "score_classes", "calibration", "threshold")
+OPTIONAL_KEYS = ("patch_features", "patch_bias")  # absent from older head files
+PATCH_FEATURES = {PATCH_STATS: PATCH_STATS_SIZE}  # name -> number of inputs
+
+
+def patch_features_of(name: str, patch: F32) -> F32:
+    """The inputs `name` (a key of PATCH_FEATURES) of one [96, 64] log-mel patch."""
+    if name != PATCH_STATS:
+        raise ValueError(f"unknown patch features {name!r}")
+    return patch_stats(patch)
 
 
 @dataclass(frozen=True)
 class Head:
-    """A logistic head: calibrated probability of its category for one window."""
+    """A logistic head: calibrated probability of its category for one window.
+
+    With `patch_features` it is two logistic heads whose probabilities are averaged: one on
+    the embedding (and score classes), one on the window's log-mel patch statistics (the last
+    `weights`, with their own `patch_bias`). A window without a patch gets the first alone.
+    """
 
     weights: F32  # already divided by `scale`
     bias: float  # already includes -mean/scale . weights
@@ -40,6 +58,17 @@ class Head:
     calibration: tuple[float, float]
     threshold: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the patch head's inputs ("" for none) and bias; when not given they are read from
+    # `metadata` ("patch_features", "patch_bias"), so a head rebuilt from its parts keeps them
+    patch_features: str = ""
+    patch_bias: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.patch_features and self.metadata.get("patch_features"):
+            object.__setattr__(self, "patch_features", str(self.metadata["patch_features"]))
+        if self.patch_bias is None:
+            bias = self.metadata.get("patch_bias", 0.0) if self.patch_features else 0.0
+            object.__setattr__(self, "patch_bias", float(bias))
 
     @classmethod
     def from_arrays(  # noqa: PLR0917
@@ -52,43 +81,81 @@ class Head:
         calibration: tuple[float, float] = (1.0, 0.0),
         threshold: float = 0.5,
         metadata: dict[str, Any] | None = None,
+        patch_features: str = "",
+        patch_bias: float = 0.0,
     ) -> Head:
-        """Folds the input standardisation into the weights, so applying is one dot product."""
+        """Folds the input standardisation into the weights, so applying is one dot product
+        (per head). With `patch_features`, the last inputs belong to the patch head (bias
+        `patch_bias`); its name and folded bias also go into the metadata."""
         folded = (weights / scale).astype(np.float32)
+        meta = dict(metadata or {})
+        split = len(weights) - (PATCH_FEATURES[patch_features] if patch_features else 0)
+        folded_patch_bias = 0.0
+        if patch_features:
+            folded_patch_bias = float(patch_bias - np.dot(folded[split:], mean[split:]))
+            meta["patch_features"] = patch_features
+            meta["patch_bias"] = folded_patch_bias
         return cls(
             folded,
-            float(bias - np.dot(folded, mean)),
+            float(bias - np.dot(folded[:split], mean[:split])),
             score_classes.astype(np.intp),
             calibration,
             threshold,
-            metadata or {},
+            meta,
+            patch_features,
+            folded_patch_bias if patch_features else None,
         )
 
     @property
     def inputs(self) -> int:
         return len(self.weights)
 
+    @property
+    def _split(self) -> int:
+        """Where the patch head's weights begin."""
+        return len(self.weights) - (
+            PATCH_FEATURES[self.patch_features] if self.patch_features else 0
+        )
+
     def features(self, embedding: F32, scores: F32) -> F32:
+        """The embedding head's input row: the embedding, then its score classes."""
         if not self.score_classes.size:
             return embedding
         return np.concatenate([embedding, scores[self.score_classes]]).astype(np.float32)
 
     def logit(self, embedding: F32, scores: F32) -> float:
-        return float(np.dot(self.weights, self.features(embedding, scores))) + self.bias
+        """The embedding head's raw logit."""
+        w = self.weights[: self._split]
+        return float(np.dot(w, self.features(embedding, scores))) + self.bias
 
-    def apply(self, embedding: F32, scores: F32) -> float:
-        """The calibrated probability (0..1) for one window."""
+    def _probability(self, z: float) -> float:
         a, b = self.calibration
-        z = a * self.logit(embedding, scores) + b
+        z = a * z + b
         return 1.0 / (1.0 + math.exp(-z)) if z > -60 else 0.0
 
-    def apply_many(self, embeddings: F32, scores: F32) -> F32:
-        """`apply` over rows: embeddings [n, 1024], scores [n, 521]."""
+    def apply(self, embedding: F32, scores: F32, stats: F32 | None = None) -> float:
+        """The calibrated probability (0..1) for one window; `stats` are the window's patch
+        features (`patch_features_of`), used by a head with `patch_features`."""
+        p = self._probability(self.logit(embedding, scores))
+        if not self.patch_features or stats is None:
+            return p
+        z = float(np.dot(self.weights[self._split :], stats)) + float(self.patch_bias or 0.0)
+        return 0.5 * (p + self._probability(z))
+
+    def apply_many(self, embeddings: F32, scores: F32, stats: F32 | None = None) -> F32:
+        """`apply` over rows: embeddings [n, 1024], scores [n, 521], stats [n, k]."""
         x = embeddings.astype(np.float32)
         if self.score_classes.size:
             x = np.concatenate([x, scores[:, self.score_classes]], axis=1)
+        out = self._probabilities(x @ self.weights[: self._split] + self.bias)
+        if self.patch_features and stats is not None:
+            z = stats.astype(np.float32) @ self.weights[self._split :] + (self.patch_bias or 0.0)
+            out = (0.5 * (out + self._probabilities(z))).astype(np.float32)
+        return out
+
+    def _probabilities(self, z: F32) -> F32:
         a, b = self.calibration
-        z = a * (x @ self.weights + self.bias) + b
+        z = a * z + b
         out: F32 = (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
         return out
 
@@ -107,6 +174,8 @@ def save_head(path: Path, head: Head) -> None:
             calibration=np.array(head.calibration, np.float32),
             threshold=np.float64(head.threshold),
             metadata=np.array(json.dumps(head.metadata, sort_keys=True)),
+            patch_features=np.array(head.patch_features),
+            patch_bias=np.float32(head.patch_bias or 0.0),
         )
 
 
@@ -122,6 +191,7 @@ def read_npz(
             if missing:
                 raise ConfigError(f"{key}: {path} is not a {what} (no {', '.join(missing)})")
             arrays = {k: np.asarray(data[k]) for k in keys}
+            arrays.update({k: np.asarray(data[k]) for k in OPTIONAL_KEYS if k in data})
             meta = json.loads(str(data["metadata"])) if "metadata" in data else {}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{key}: cannot read {what} {path}: {exc}") from None
@@ -132,7 +202,17 @@ def load_head(path: Path, classes: int = 521, key: str = "head") -> Head:
     """Reads a head file; a ConfigError naming `key` if it is missing or malformed."""
     arrays, meta = read_npz(path, KEYS, key)
     score_classes = arrays["score_classes"].astype(np.intp).reshape(-1)
-    inputs = EMBEDDING_SIZE + len(score_classes)
+    patch = str(arrays["patch_features"]) if "patch_features" in arrays else ""
+    patch = patch or str(meta.get("patch_features") or "")
+    patch_bias = float(
+        arrays["patch_bias"] if "patch_bias" in arrays else meta.get("patch_bias", 0)
+    )
+    if patch and patch not in PATCH_FEATURES:
+        raise ConfigError(
+            f"{key}: {path} uses patch features {patch!r}, which this version does not know "
+            f"(it knows {', '.join(sorted(PATCH_FEATURES))})"
+        )
+    inputs = EMBEDDING_SIZE + len(score_classes) + PATCH_FEATURES.get(patch, 0)
     shapes_ok = all(arrays[k].shape == (inputs,) for k in ("weights", "mean", "scale"))
     if not shapes_ok or arrays["calibration"].shape != (2,):
         raise ConfigError(f"{key}: {path} has weights for {arrays['weights'].shape}, not {inputs}")
@@ -148,4 +228,6 @@ def load_head(path: Path, classes: int = 521, key: str = "head") -> Head:
         (a, b),
         float(arrays["threshold"]),
         meta,
+        patch,
+        patch_bias,
     )

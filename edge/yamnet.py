@@ -2,7 +2,9 @@
 
 Two variants: Google's waveform model (float32[15600] in) and Coral's fully-int8
 `yamnet_spectra_in` (a [1, 96, 64] log-mel patch from `edge.frontend`). The embedding is
-the int8 output of the model's mean-pool layer, read after the same invoke.
+the int8 output of the model's mean-pool layer, read after the same invoke. A window also
+carries the log-mel patch of its audio when there is one (always for Coral's model; for the
+waveform model only with `keep_patch`, set when a head needs `edge.frontend.patch_stats`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Window:
     scores: F32  # [521]
     embedding: F32  # [1024]
     silent: bool = False
+    patch: F32 | None = None  # [96, 64] log-mel frames of the window, when computed
 
 
 def labels_from_model(path: Path) -> list[str]:
@@ -77,6 +80,9 @@ class Yamnet:
         self._emb_scale, self._emb_zero = self._model.quantization(self._embedding)
         self.frontend = LogMel() if variant == "yamnet_spectra_in" else None
         self._patches = PatchStream(self.frontend) if self.frontend is not None else None
+        # the waveform model computes its features itself: a patch only on request
+        self.keep_patch = False
+        self._extra_patches: PatchStream | None = None
         expected = (1, 96, 64) if self.frontend else (PATCH_SAMPLES,)
         shape = tuple(int(x) for x in self._model.inputs[0]["shape"])
         if shape != expected:
@@ -93,15 +99,20 @@ class Yamnet:
         if self._patches is not None:
             return self.classify_patch(self._patches.patch(audio, end - PATCH_SAMPLES), end)
         self._model.invoke(audio)
-        return self._read(end)
+        patch = None
+        if self.keep_patch:
+            if self._extra_patches is None:
+                self._extra_patches = PatchStream(LogMel())
+            patch = self._extra_patches.patch(audio, end - PATCH_SAMPLES)
+        return self._read(end, patch)
 
     def classify_patch(self, patch: F32, end: int) -> Window:
         """Coral's model on a ready [96, 64] log-mel patch (frames computed elsewhere)."""
         self._model.invoke(patch[None])
-        return self._read(end)
+        return self._read(end, patch)
 
-    def _read(self, end: int) -> Window:
+    def _read(self, end: int, patch: F32 | None = None) -> Window:
         scores = self._model.get(self._scores).reshape(-1).astype(np.float32)
         raw = self._model.get(self._embedding).reshape(-1).astype(np.float32)
         embedding = (raw - self._emb_zero) * self._emb_scale
-        return Window(end, scores, embedding.astype(np.float32))
+        return Window(end, scores, embedding.astype(np.float32), patch=patch)
