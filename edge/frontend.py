@@ -54,6 +54,22 @@ _DCT = np.cos(np.pi / MEL_BANDS * (_BANDS[None, :] + 0.5) * np.arange(CEPSTRA)[:
 )
 
 
+_DCT_T = np.ascontiguousarray(_DCT.T)
+_ONES = np.ones(MEL_BANDS, np.float32)
+_FOLD = np.stack(  # mel power -> total, high-band part, band-weighted sum
+    [np.ones(MEL_BANDS, np.float32), (_BANDS >= HIGH_BAND).astype(np.float32), _BANDS], axis=1
+)
+
+
+def _mean_std(x: F32) -> tuple[F32, F32]:
+    """Column means and (population) standard deviations; as products with a row of weights
+    (BLAS), several times faster than numpy's column reductions on a patch."""
+    weights = np.full(len(x), 1.0 / len(x), np.float32)
+    mean: F32 = weights @ x
+    centred = x - mean
+    return mean, np.sqrt(weights @ (centred * centred))
+
+
 def patch_stats(patch: F32) -> F32:
     """`PATCH_STATS_SIZE` statistics of a [frames, 64] log-mel patch, all unchanged by the
     input gain (log-domain differences and ratios only), so a head does not learn how loud
@@ -68,32 +84,34 @@ def patch_stats(patch: F32) -> F32:
       frame-to-frame change (40).
     """
     p = np.asarray(patch, np.float32)
-    both = np.concatenate([p, p @ _DCT.T], axis=1)  # log-mel bands, then cepstra
-    delta = np.diff(both, axis=0)
-    spread, moves = both.std(axis=0), delta.std(axis=0)
-    mean = p.mean(axis=0)
-    power = np.exp(p)
-    total = power.sum(axis=1)
-    flux = np.maximum(delta[:, :MEL_BANDS], 0).sum(axis=1)
-    high = power[:, HIGH_BAND:].sum(axis=1) / total
-    level = np.log(total)
-    centroid = (power @ _BANDS) / total
+    frames = len(p)
+    both = np.empty((frames, MEL_BANDS + CEPSTRA), np.float32)  # log-mel bands, then cepstra
+    both[:, :MEL_BANDS] = p
+    np.matmul(p, _DCT_T, out=both[:, MEL_BANDS:])
+    delta = both[1:] - both[:-1]
+    mean, spread = _mean_std(both)
+    moves = _mean_std(delta)[1]
+    # per frame: total mel power, its part from HIGH_BAND up, and the band-weighted sum
+    folded = np.exp(p) @ _FOLD
+    total = folded[:, 0]
+    per_frame = np.empty((frames, 4), np.float32)  # flux, high-band share, log power, centroid
+    per_frame[0, 0] = 0.0  # the first frame has no rise (the flux leaves it out)
+    np.matmul(np.maximum(delta[:, :MEL_BANDS], 0), _ONES, out=per_frame[1:, 0])
+    np.divide(folded[:, 1], total, out=per_frame[:, 1])
+    np.log(total, out=per_frame[:, 2])
+    np.divide(folded[:, 2], total, out=per_frame[:, 3])
+    flux = per_frame[1:, 0]
+    a_mean, a_std = _mean_std(per_frame)
+    a_max = per_frame.max(axis=0)
     scalars = np.array(
-        [
-            flux.mean(),
-            flux.max(),
-            high.mean(),
-            high.max(),
-            level.std(),
-            level.max() - level.mean(),
-            centroid.mean(),
-            centroid.std(),
-        ],
+        [flux.mean(), flux.max(), a_mean[1], a_max[1], a_std[2], a_max[2] - a_mean[2], a_mean[3],
+         a_std[3]],
         np.float32,
-    )
+    )  # fmt: skip
+    band_mean = mean[:MEL_BANDS]
     out: F32 = np.concatenate(
         [
-            mean - mean.mean(),
+            band_mean - band_mean.mean(),
             spread[:MEL_BANDS],
             moves[:MEL_BANDS],
             scalars,
