@@ -7,7 +7,7 @@ MODELS_FROM ?= $(if $(SHARED_MODELS),--from $(SHARED_MODELS),)
 MODELS_DIR ?= var/models
 CONFIG ?= config.dev.yaml
 
-.PHONY: setup tflite-venv deps models run test lint typecheck unit bench clean pi-check
+.PHONY: setup tflite-venv deps models run test lint typecheck unit bench clean pi-check systemd-check
 
 $(BIN)/safeguard: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench: setup models
 # The platform proof: install.sh and analyze in an arm64 Debian root under qemu (slow, root).
 pi-check: deps
 	bash scripts/pi-check.sh
+
+# The install under a real systemd: a Debian root booted with systemd-nspawn (slow, root).
+systemd-check: deps
+	bash scripts/systemd-check.sh
 
 clean:
 	rm -rf $(VENV) .venv-tflite var build *.egg-info

@@ -383,12 +383,15 @@ def test_a_missing_models_folder_is_an_install_error(tmp_path: Path) -> None:
     assert out.stderr == f"safeguard install: error: --models-from {missing}: no such folder\n"
 
 
-@pytest.mark.parametrize("script", ["install.sh", "scripts/pi-check.sh"])
+@pytest.mark.parametrize(
+    "script",
+    ["install.sh", "scripts/pi-check.sh", "scripts/systemd-check.sh", "scripts/root-lib.sh"],
+)
 def test_shellcheck_clean(script: str) -> None:
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.fail("shellcheck is not installed: run `make deps`", pytrace=False)
-    out = subprocess.run(
-        [exe, str(ROOT / script)], capture_output=True, text=True, timeout=60, check=False
+    out = subprocess.run(  # -x: follow the `source` of scripts/root-lib.sh (from ROOT)
+        [exe, "-x", script], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
     )
     assert out.returncode == 0, out.stdout
