@@ -19,6 +19,7 @@ from edge.health import SystemConfig
 from edge.mqtt import MqttConfig
 from edge.upload import ListenerConfig
 from edge.videoconfig import VideoConfig
+from edge.yamlload import StrictLoader, key_path, yaml_problem
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 
@@ -174,22 +175,9 @@ class Config(BaseModel):
         return self.models.dir or self.storage.dir / "models"
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so keys such as `on` and `off` stay strings; a key
-    written twice in one mapping is an error (YAML would keep the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice (first on line {seen[key]})",
-                    key_node.start_mark,
-                )  # fmt: skip
-            if isinstance(key, str):
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
+class _Loader(StrictLoader):
+    """YAML 1.2 booleans: only true/false, so keys such as `on` and `off` stay strings (and a
+    key given twice is an error, as in every config file)."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -213,13 +201,6 @@ def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], in
             _lines(item, (*path, index), out)
 
 
-def _path_text(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
 def _merge_categories(raw: dict[str, Any]) -> None:
     """Entries under detection.categories override the built-in categories field by field."""
     detection = raw.get("detection")
@@ -234,25 +215,6 @@ def _merge_categories(raw: dict[str, Any]) -> None:
         else:
             merged[name] = user
     detection["categories"] = merged
-
-
-def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
-    """One line for a YAML error: `line L, column C: PROBLEM (CONTEXT at line L, column C)`."""
-    if isinstance(exc, yaml.reader.ReaderError):
-        before = text[: exc.position]
-        where = f"line {before.count(chr(10)) + 1}, column {len(before.rsplit(chr(10), 1)[-1]) + 1}"
-        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        return f"{where}: character #x{char:04x} is not allowed in YAML"
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return " ".join(str(exc).split())
-    mark = exc.problem_mark or exc.context_mark
-    out = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    out += exc.problem or exc.context or "syntax error"
-    if exc.problem and exc.context:
-        cmark = exc.context_mark
-        at = f" at line {cmark.line + 1}, column {cmark.column + 1}" if cmark else ""
-        out += f" ({exc.context}{at})"
-    return out
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -282,12 +244,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
                 close = difflib.get_close_matches(str(loc[-1]), parent, n=1) if parent else []
                 message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
             where = f" (line {line})" if line else ""
-            problems.append(f"{_path_text(loc)}: {message}{where}")
+            problems.append(f"{key_path(loc)}: {message}{where}")
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
     if taken := _bools_taken_as_numbers(raw, config):  # pydantic reads `port: true` as 1
         where = f" (line {lines[taken[0]]})" if taken[0] in lines else ""
         raise ConfigError(
-            f"{source}: {_path_text(taken[0])}: expected a number, not true/false{where}"
+            f"{source}: {key_path(taken[0])}: expected a number, not true/false{where}"
         )
     return config
 

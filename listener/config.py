@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from edge.yamlload import StrictLoader, key_path, yaml_problem
+
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the key path."""
@@ -113,13 +115,6 @@ class ListenerConfig(_Section):
     http: HttpConfig = Field(default=HttpConfig(), description="API and dashboard")
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(config)"
-
-
 def parse(data: Any, source: str = "config") -> ListenerConfig:
     """A validated config from parsed YAML; ConfigError naming the key path otherwise."""
     if data is None:
@@ -128,53 +123,9 @@ def parse(data: Any, source: str = "config") -> ListenerConfig:
         return ListenerConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"{source}: {_key_path(first['loc'])}: {first['msg']}") from None
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, int] = {}
-        for key_node, _value in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` may bring in keys that this mapping overrides
-            key = self.construct_object(key_node, deep=True)
-            try:
-                line = first.get(key)
-            except TypeError:
-                continue  # an unhashable key: PyYAML's own error follows
-            if line is not None:
-                raise yaml.constructor.ConstructorError(
-                    problem=f"{key!r} is given twice (first on line {line + 1})",
-                    problem_mark=key_node.start_mark,
-                )
-            first[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-def _where(text: str, index: int) -> str:
-    """`line L, column C` (1-based) of a character index into `text`."""
-    line = text.count("\n", 0, index) + 1
-    column = index - text.rfind("\n", 0, index)  # rfind: -1 on the first line
-    return f"line {line}, column {column}"
-
-
-def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
-    """One line for a YAML error: `line L, column C: PROBLEM (CONTEXT at line L, column C)`."""
-    if isinstance(exc, yaml.reader.ReaderError):
-        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        return f"{_where(text, exc.position)}: unacceptable character #x{char:04x}: {exc.reason}"
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return str(exc).splitlines()[0]
-    mark = exc.problem_mark or exc.context_mark
-    out = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    out += exc.problem or exc.context or "unknown problem"
-    if exc.problem and exc.context:
-        cmark = exc.context_mark
-        at = f" at line {cmark.line + 1}, column {cmark.column + 1}" if cmark else ""
-        out += f" ({exc.context}{at})"
-    return out
+        raise ConfigError(
+            f"{source}: {key_path(first['loc'], '(config)')}: {first['msg']}"
+        ) from None
 
 
 def load(path: Path | None) -> ListenerConfig:
@@ -188,7 +139,7 @@ def load(path: Path | None) -> ListenerConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc, text)}") from None
     return parse(data, str(path))

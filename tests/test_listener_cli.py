@@ -68,7 +68,7 @@ def test_a_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture
         ("mqtt:\n  port: 1\n\thost: a\n", "line 3, column 1: found character '\\t'"),
         ("http: {host: 'a}\n", "line 2, column 1: found unexpected end of stream"),
         ("mqtt: {host: a}\nhttp: x: y\n", "line 2, column 8: mapping values are not allowed"),
-        ("mqtt:\n  host: a\x00\n", "line 2, column 10: unacceptable character #x0000"),
+        ("mqtt:\n  host: a\x00\n", "line 2, column 10: character #x0000 is not allowed in YAML"),
     ],
 )
 def test_yaml_syntax_errors_are_one_line_naming_the_file(
