@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge.errors import SafeguardError
+from edge.frontend import PATCH_STATS
 
 log = logging.getLogger(__name__)
 AUDIO_C = 0.01  # an audio head's --c when none is given
@@ -193,6 +194,12 @@ def _audio_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
             help="SNR range (dB) of the noise-mixed copies, drawn uniformly (default 0,20)",
         ),
         group.add_argument("--limit", type=int, default=0, help="use at most N clips per category"),
+        group.add_argument(
+            "--patch-features",
+            choices=[PATCH_STATS, "none"],
+            help="a second head on statistics of the window's log-mel patch, averaged with the "
+            "embedding head (default: as the category's shipped head: glass_break only)",
+        ),
     ]
 
 
@@ -259,6 +266,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         c=c,
         folds=args.folds,
         target_fp=args.target_fp,
+        patch_features={None: None, "none": ""}.get(args.patch_features, args.patch_features),
     )
     metadata = {
         **report,

@@ -60,6 +60,23 @@ def test_train_head_cli_writes_a_head_that_loads_and_separates(
     probability = head.apply(np.zeros(1024, np.float32), np.zeros(521, np.float32))
     assert 0.0 <= probability <= 1.0
     assert json.loads(json.dumps(report)) == report
+    assert head.patch_features == "logmel-stats-1"  # glass_break's default, as shipped
+    assert head.inputs == 1024 + 240
+
+
+def test_patch_features_can_be_chosen_for_any_category(tmp_path: Path) -> None:
+    models = require_models()
+    data = _slice(tmp_path, 12)
+    common = ["--data", str(data), "--models", str(models), "--hop", "0.5", "--folds", "3"]
+    gunshot, glass = tmp_path / "gunshot.npz", tmp_path / "glass_break.npz"
+    assert main(["train-head", *common, "--category", "gunshot", "--out", str(gunshot),
+                 "--patch-features", "logmel-stats-1"]) == 0  # fmt: skip
+    assert main(["train-head", *common, "--category", "glass_break", "--out", str(glass),
+                 "--patch-features", "none"]) == 0  # fmt: skip
+    assert load_head(gunshot).patch_features == "logmel-stats-1"
+    assert load_head(gunshot).metadata["patch_bias"] == load_head(gunshot).patch_bias
+    assert load_head(glass).patch_features == ""
+    assert load_head(glass).inputs == 1024
 
 
 def test_clear_errors_for_empty_folders_and_too_few_examples(
