@@ -199,6 +199,24 @@ def test_the_installed_listener_starts(staged: tuple[Path, str]) -> None:
     assert "--config" in result.stdout
 
 
+def test_adding_the_listener_later_installs_its_packages(tmp_path: Path) -> None:
+    """The venv stamp covered only the source, so a second run with --with-listener found the
+    venv "current" and left the listener's packages out."""
+    install(tmp_path, "--models-from", str(require_shared(SHARED_MODELS)))
+    exe = tmp_path / "opt/safeguard/venv/bin/safeguard-listener"
+    before = subprocess.run(
+        [str(exe), "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert before.returncode != 0  # a device-only venv: no API server
+    out = install(tmp_path, "--models-from", str(SHARED_MODELS), "--with-listener")
+    assert "is current" not in out
+    assert "safeguard[device,listener]" in out
+    after = subprocess.run(
+        [str(exe), "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert after.returncode == 0, after.stderr[-2000:]
+
+
 def test_an_unedited_previous_default_config_is_upgraded(
     staged: tuple[Path, str], tmp_path: Path
 ) -> None:
