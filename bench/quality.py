@@ -41,8 +41,9 @@ from bench.peers import (
     load_audio,
     recording_group,
 )
-from converter.cli import snr_range
+from converter.cli import gain_range, snr_range
 from converter.train_head import (
+    DEFAULT_GAIN_DB,
     DEFAULT_PATCH_FEATURES,
     ClipWindows,
     Example,
@@ -84,10 +85,14 @@ def training_clips(
     variant: Variant,
     augment: int,
     snr_db: tuple[float, float] = DEFAULT_SNR,
+    *,
+    gain_db: tuple[float, float] | None = None,
 ) -> list[ClipWindows]:
     """Training windows of every clip (and `augment` noise-mixed copies of each threat
-    clip at an SNR from `snr_db`), cached under bench/cache/ since extraction is slow."""
+    clip at an SNR from `snr_db`, with `gain_db` at random gains and with as many copies of
+    the `none` clips at such gains), cached under bench/cache/ since extraction is slow."""
     snr = "" if snr_db == DEFAULT_SNR else f"_snr{snr_db[0]:g}_{snr_db[1]:g}"
+    snr += "" if gain_db is None else f"_gain{gain_db[0]:g}_{gain_db[1]:g}"
     path = CACHE / f"train_{variant}_aug{augment}{snr}_{len(examples)}.npz"
     keys = ("lengths", "sources", "scores", "embeddings", "levels", "patch_stats")
     arrays: dict[str, np.ndarray] = {}
@@ -116,6 +121,7 @@ def training_clips(
         augment=augment,
         augment_categories=CATEGORIES,
         snr_db=snr_db,
+        gain_db=gain_db,
     )
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -137,7 +143,7 @@ def _stats(clip: ClipWindows) -> np.ndarray:
 
 
 def with_heads(
-    clips: Sequence[ClipWindows],
+    clips: Mapping[str, Sequence[ClipWindows]],
     truth: Sequence[str],
     train: set[int],
     folder: Path,
@@ -145,8 +151,29 @@ def with_heads(
     *,
     negatives: Sequence[ClipWindows] = (),
 ) -> dict[str, CategoryConfig]:
-    """`categories` with each head retrained on the clips in `train` (and their copies),
-    plus `negatives` (background stretches, negative for every category)."""
+    """`categories` with each head retrained on the clips in `train` (and their copies;
+    `clips` by category), plus `negatives` (background stretches, negative for every
+    category)."""
+    out = {}
+    for name, cfg in categories.items():
+        if cfg.head is None or cfg.combine == "rule":
+            out[name] = cfg
+            continue
+        originals, copies = _training_split(clips[name], train)
+        positive = np.array([truth[i] == name for i in sorted(train)] + [False] * len(negatives))
+        path = folder / f"{name}.npz"
+        features = DEFAULT_PATCH_FEATURES.get(name, "")
+        head = fit_head([*originals, *negatives, *copies], positive, patch_features=features)
+        save_head(path, head)
+        out[name] = cfg.model_copy(update={"head": str(path)})
+    return out
+
+
+def _training_split(
+    clips: Sequence[ClipWindows], train: set[int]
+) -> tuple[list[ClipWindows], list[ClipWindows]]:
+    """The originals of the clips in `train` (in their order) and their copies, renumbered
+    as `origins` expects of the training set."""
     keep = [c for c, o in zip(clips, origins(clips), strict=True) if int(o) in train]
     order = sorted(train)
     remap = {old: new for new, old in enumerate(order)}
@@ -161,20 +188,7 @@ def with_heads(
         for c in keep
     ]
     # originals first, in `order`, then the augmented copies (as `origins` expects)
-    originals = [c for c in kept if c.source < 0]
-    copies = [c for c in kept if c.source >= 0]
-    out = {}
-    for name, cfg in categories.items():
-        if cfg.head is None or cfg.combine == "rule":
-            out[name] = cfg
-            continue
-        positive = np.array([truth[i] == name for i in order] + [False] * len(negatives))
-        path = folder / f"{name}.npz"
-        features = DEFAULT_PATCH_FEATURES.get(name, "")
-        head = fit_head([*originals, *negatives, *copies], positive, patch_features=features)
-        save_head(path, head)
-        out[name] = cfg.model_copy(update={"head": str(path)})
-    return out
+    return [c for c in kept if c.source < 0], [c for c in kept if c.source >= 0]
 
 
 def background_windows(
@@ -241,7 +255,11 @@ def ours(
     files, truth, audios, groups = data
     model = load_model(args.models, variant)
     examples = [Example(args.data / f, t, g) for f, t, g in zip(files, truth, groups, strict=True)]
-    clips = training_clips(examples, args.models, variant, args.augment, args.snr)
+    sets = {
+        g: training_clips(examples, args.models, variant, args.augment, args.snr, gain_db=g)
+        for g in set(args.gains.values())
+    }
+    clips = {name: sets[args.gains[name]] for name in args.categories}
     hop = round(hop_s * SR)
     flags: dict[int, set[str]] = {}
     splitter = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
@@ -343,6 +361,24 @@ def overridden(
     return {name: CategoryConfig.model_validate(fields) for name, fields in raw.items()}
 
 
+def gains(
+    categories: Mapping[str, CategoryConfig],
+    options: Sequence[str],
+    parser: argparse.ArgumentParser,
+) -> dict[str, tuple[float, float] | None]:
+    """Each category's training gains: the shipped default, or a `--gain` option."""
+    out = {name: DEFAULT_GAIN_DB.get(name) for name in categories}
+    for option in options:
+        name, _, value = option.partition("=")
+        if name not in out:
+            parser.error(f"--gain {option}: no category {name!r} (have {sorted(out)})")
+        try:
+            out[name] = gain_range(value)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"--gain {option}: {exc}")
+    return out
+
+
 def write_section(lines: list[str], path: Path = RESULTS) -> None:
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     body = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
@@ -387,6 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train each stream's heads also on the other streams' background (outside "
         "the labelled events) as hard negatives; a stream never trains its own heads",
     )
+    parser.add_argument(
+        "--gain",
+        action="append",
+        default=[],
+        metavar="CATEGORY=LOW,HIGH|none",
+        help="training copies of CATEGORY's head at random gains from LOW,HIGH dB (and as "
+        "many `none` copies), or none; default: as the shipped heads (glass_break=-30,0)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="only our detector")
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
     args = parser.parse_args(argv)
@@ -396,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"missing {path}", file=sys.stderr)
             return 1
     args.categories = overridden(DEFAULT_CATEGORIES, args.set)
+    args.gains = gains(args.categories, args.gain, parser)
     started = time.monotonic()
     rows_ = _read_labels(args.data)
     files = [r["file"] for r in rows_]

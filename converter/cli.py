@@ -22,6 +22,7 @@ from edge.frontend import PATCH_STATS
 
 log = logging.getLogger(__name__)
 AUDIO_C = 0.01  # an audio head's --c when none is given
+_SHIPPED = object()  # an option left to the category's shipped setting
 
 
 def snr_range(text: str) -> tuple[float, float]:
@@ -32,6 +33,16 @@ def snr_range(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH (dB)") from None
     if low > high:
         raise argparse.ArgumentTypeError(f"{text!r}: LOW is above HIGH")
+    return low, high
+
+
+def gain_range(text: str) -> tuple[float, float] | None:
+    """`LOW,HIGH` in dB (LOW <= HIGH <= 0), or `none`."""
+    if text.strip().lower() == "none":
+        return None
+    low, high = snr_range(text)
+    if high > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a gain above 0 dB would clip")
     return low, high
 
 
@@ -193,6 +204,15 @@ def _audio_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
             metavar="LOW,HIGH",
             help="SNR range (dB) of the noise-mixed copies, drawn uniformly (default 0,20)",
         ),
+        group.add_argument(
+            "--gain",
+            type=gain_range,
+            default=_SHIPPED,
+            metavar="LOW,HIGH|none",
+            help="with --augment, scale each mixed copy by a gain (dB) drawn from this range "
+            "and add as many copies of every other clip at such gains, so loudness alone "
+            "tells nothing (default: as the category's shipped head: -30,0 for glass_break)",
+        ),
         group.add_argument("--limit", type=int, default=0, help="use at most N clips per category"),
         group.add_argument(
             "--patch-features",
@@ -248,6 +268,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         found = sorted({e.category for e in examples})
         raise th.TrainError(f"no clip of category {args.category!r} in {args.data} (has {found})")
     log.info("%d clips from %s", len(examples), args.data)
+    gain = th.DEFAULT_GAIN_DB.get(args.category) if args.gain is _SHIPPED else args.gain
     clips = th.extract(
         examples,
         args.models,
@@ -257,6 +278,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         augment=args.augment,
         augment_categories={args.category},
         snr_db=args.snr,
+        gain_db=gain,
     )
     head, report = th.train_head(
         clips,
@@ -274,6 +296,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         "hop_s": args.hop,
         "augment": args.augment,
         "snr_db": list(args.snr),
+        "gain_db": list(gain) if gain is not None and args.augment > 0 else None,
         "command": command,
     }
     metadata["data"] = str(args.data)

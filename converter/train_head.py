@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import shlex
+import textwrap
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 # gains clip recall at fewer `none` clips flagged and stream events (grouped CV, dev data);
 # scream and gunshot lose clip recall that way, so they keep the embedding alone.
 DEFAULT_PATCH_FEATURES = {"glass_break": PATCH_STATS}
+# Heads whose training copies are also heard at random overall gains (dB): the noise-mixed
+# threat copies, and as many copies of every other clip, so loudness alone tells nothing.
+# A threat across a room reaches the microphone 20-40 dB below a close recording (the dev
+# streams' events are 25-30 dB quieter than their source clips); for glass breaking this
+# found more stream events at the same false alarms. Scream and gunshot, whose score is
+# also YAMNet's own class group, gained no event and raised false alarms that way.
+DEFAULT_GAIN_DB: dict[str, tuple[float, float]] = {"glass_break": (-30.0, 0.0)}
 
 
 class TrainError(Exception):
@@ -260,6 +268,7 @@ def extract(
     augment: int = 0,
     augment_categories: Collection[str] = (),
     snr_db: tuple[float, float] = (0.0, 20.0),
+    gain_db: tuple[float, float] | None = None,
     seed: int = 0,
 ) -> list[ClipWindows]:
     """Windows of every example through the device's own YAMNet (one invoke per window).
@@ -267,6 +276,8 @@ def extract(
     With `augment` > 0, each clip of `augment_categories` is also mixed `augment` times into
     random clips of the other categories (real background) at an SNR drawn from `snr_db`,
     as it would be heard in a room; those copies follow their source clip into its fold.
+    With `gain_db`, each mixed copy is scaled by a gain drawn from it (a distant source), and
+    every clip of the other categories gets `augment` copies at such gains too.
     """
     model = _load_model(model_dir, variant)
     rng = np.random.default_rng(seed)
@@ -281,7 +292,20 @@ def extract(
         ]
         for i, n, snr in _progress(jobs, progress):
             audio = mix(read_clip(examples[i].path), read_clip(examples[n].path), snr, rng)
+            if gain_db is not None:
+                audio = _scaled(audio, gain_db, rng)
             out.append(clip_windows(model, audio, hop_s, source=i))
+        if gain_db is not None:
+            quiet = [i for _ in range(augment) for i in noise]
+            for i in _progress(quiet, progress):
+                audio = _scaled(read_clip(examples[i].path), gain_db, rng)
+                out.append(clip_windows(model, audio, hop_s, source=i))
+    return out
+
+
+def _scaled(audio: F32, gain_db: tuple[float, float], rng: np.random.Generator) -> F32:
+    """`audio` at a gain (dB) drawn uniformly from `gain_db`."""
+    out: F32 = (audio * 10 ** (rng.uniform(*gain_db) / 20)).astype(np.float32)
     return out
 
 
@@ -512,6 +536,22 @@ def model_card(metadata: dict[str, Any], examples: Sequence[Example]) -> str:
             f"{PATCH_STATS_SIZE}\n`{metadata['patch_features']}` statistics of the window's "
             "log-mel patch (`edge.frontend.patch_stats`).\n"
         )
+    copies = ""
+    if metadata.get("augment"):
+        low, high = metadata["snr_db"]
+        copies = (
+            f"- Training copies: each positive clip mixed {metadata['augment']} times into "
+            f"random other clips at {low:g} to {high:g} dB SNR"
+        )
+        if metadata.get("gain_db"):
+            quiet, loud = metadata["gain_db"]
+            copies += (
+                f", each copy at a random gain of {quiet:g} to {loud:g} dB, and "
+                f"{metadata['augment']} copies of every other clip at such gains (a distant "
+                "source; loudness alone tells nothing)"
+            )
+        copies += "; copies follow their source clip into its fold."
+        copies = textwrap.fill(copies, 92, subsequent_indent="  ") + "\n"
     return f"""# Head: {metadata["category"]}
 
 A logistic-regression head (class-balanced, L2, C={metadata["C"]}) on the 1024-d embedding
@@ -523,7 +563,7 @@ other clips.
   groups, {metadata["groups"]["positive"]} of them positive). Positive windows are a positive
   clip's windows within {POSITIVE_DB:.0f} dB of its loudest; every window of other clips is
   negative.
-- Windows every {metadata["hop_s"]} s, clips padded with {PAD_S} s of silence on both sides.
+{copies}- Windows every {metadata["hop_s"]} s, clips padded with {PAD_S} s of silence on both sides.
 - Cross-validation: {metadata["folds"]}-fold StratifiedGroupKFold; clips of one recording
   (`converter.train_head.recording_group`) never straddle folds. A clip's score is its
   highest window score.

@@ -28,4 +28,4 @@ def test_choices_and_the_built_in_categories_are_documented() -> None:
     assert "| `alerts.email.security` | `starttls` | `starttls` \\| `ssl` \\| `none` |" in text
     assert "| `alerts.sms.to` | `[]` |" in text
     assert "| `glass_break` | warning | `head`, head `glass_break.npz` |" in text
-    assert "on 0.7, off 0.6, 2 of 3, fast 0.9 |" in text
+    assert "on 0.7, off 0.6, 2 of 3, fast 0.85 |" in text

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.cli import main
-from converter.train_head import TrainError, find_examples, recording_group
+from converter.cli import gain_range, main
+from converter.train_head import TrainError, extract, find_examples, recording_group
 from edge.heads import load_head
 from tests.helpers import AUDIO_DEV, require_models, require_shared
 
@@ -44,11 +44,15 @@ def test_train_head_cli_writes_a_head_that_loads_and_separates(
         [
             "train-head", "--kind", "audio", "--data", str(data), "--category", "glass_break",
             "--out", str(out), "--models", str(models), "--hop", "0.5", "--folds", "3",
+            "--augment", "1",
         ]
     )  # fmt: skip
     assert code == 0
     head = load_head(out)
     report = head.metadata
+    assert report["gain_db"] == [-30.0, 0.0]  # glass_break's default, as shipped
+    # a mixed copy of each glass clip, a quiet copy of each other clip
+    assert report["clips"]["augmented"] == 16 + 32
     assert report["category"] == "glass_break"
     assert report["folds"] == 3
     assert report["cv"]["auc"] >= 0.8, report  # out-of-fold, grouped by recording
@@ -56,6 +60,7 @@ def test_train_head_cli_writes_a_head_that_loads_and_separates(
     card = out.with_suffix(".md").read_text()
     assert "Reproduce" in card
     assert "safeguard-convert train-head" in card
+    assert "at a random gain of -30 to 0 dB" in card
     assert "cross-validated clip AUC" in capsys.readouterr().out
     probability = head.apply(np.zeros(1024, np.float32), np.zeros(521, np.float32))
     assert 0.0 <= probability <= 1.0
@@ -77,6 +82,33 @@ def test_patch_features_can_be_chosen_for_any_category(tmp_path: Path) -> None:
     assert load_head(gunshot).metadata["patch_bias"] == load_head(gunshot).patch_bias
     assert load_head(glass).patch_features == ""
     assert load_head(glass).inputs == 1024
+
+
+def test_gain_copies_are_quiet_copies_of_threats_and_of_every_other_clip(tmp_path: Path) -> None:
+    models = require_models()
+    examples = [e for e in find_examples(_slice(tmp_path, 2)) if e.category != "gunshot"]
+    assert [e.category for e in examples] == ["glass_break"] * 2 + ["none"] * 2
+    plain = extract(examples, models, hop_s=0.5, augment=1, augment_categories={"glass_break"})
+    quiet = extract(examples, models, hop_s=0.5, augment=1, augment_categories={"glass_break"},
+                    gain_db=(-30.0, -20.0))  # fmt: skip
+    assert len(plain) == 4 + 2
+    assert len(quiet) == 4 + 2 + 2
+    assert [c.source for c in quiet[4:]] == [0, 1, 2, 3]
+    loudest = [float(c.level_db.max()) for c in quiet]
+    for copy, source in ((4, 0), (5, 1)):  # mixed at 0-20 dB SNR (at most +3 dB), then quieter
+        assert loudest[copy] <= loudest[source] - 17
+        assert loudest[copy] < float(plain[copy].level_db.max()) - 19.9
+    for copy, source in ((6, 2), (7, 3)):  # the other clips, only scaled
+        assert -30.01 <= loudest[copy] - loudest[source] <= -19.99
+    assert np.array_equal(quiet[0].embeddings, plain[0].embeddings)  # originals untouched
+
+
+def test_gain_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gain_range("none") is None
+    assert gain_range("-40,-10") == (-40.0, -10.0)
+    with pytest.raises(SystemExit):
+        main(["train-head", "--data", "x", "--category", "c", "--out", "h.npz", "--gain=-5,6"])
+    assert "a gain above 0 dB would clip" in capsys.readouterr().err
 
 
 def test_clear_errors_for_empty_folders_and_too_few_examples(
