@@ -15,7 +15,9 @@ neighbouring clip numbers (clips cut from the same recording), so no recording i
 and test at once; the reported numbers are out-of-fold only. With `--mirror`, horizontally
 mirrored copies of the training clips (features of cv2.flip(frame, 1), same feature code) are
 added to every training fold and to the final fit (the default; `--no-mirror` turns it off);
-test folds are always scored unmirrored.
+test folds are always scored unmirrored. With `--zoom F` (default 1.3), copies zoomed in by F
+(the centre 1/F of every frame at full size: the same scene from nearer, `zoom_in`) are added
+the same way; 1 turns them off.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ CACHE = Path(__file__).resolve().parent.parent / "bench" / "cache" / "video"
 PHASES = (0.0, 0.5, 1.0, 1.5)  # sampling offsets, in analysis periods
 C_GRID = (0.001, 0.003, 0.01)  # inverse L2 strengths tried by the inner cross-validation
 FLOW_WEIGHTS = (3.0, 10.0, 30.0)  # weights of the flow block against the embeddings, tried
+ZOOM = 1.3  # training copies zoomed in by this much (`--zoom`)
 # the feature code is part of the cache key: change it and the features are recomputed
 _SOURCES = (flow, video.WindowFeatures, video.window_features, video.backbone_input,
             video.difference_input)  # fmt: skip
@@ -90,16 +93,35 @@ def load_clips(data: Path, group_size: int = 10) -> list[Clip]:
     return clips
 
 
+def zoom_in(frame: npt.NDArray[np.uint8], factor: float) -> npt.NDArray[np.uint8]:
+    """The centre 1/`factor` of `frame`, resized back to the frame's size."""
+    h, w = frame.shape[:2]
+    cw, ch = max(1, round(w / factor)), max(1, round(h / factor))
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    out = cv2.resize(frame[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(out, np.uint8)
+
+
+ZOOM_CODE = hashlib.md5(inspect.getsource(zoom_in).encode(), usedforsecurity=False).hexdigest()
+
+
+def _transformed(frame: npt.NDArray[np.uint8], mirror: bool, zoom: float) -> npt.NDArray[np.uint8]:
+    if mirror:
+        frame = np.ascontiguousarray(cv2.flip(frame, 1))
+    return zoom_in(frame, zoom) if zoom != 1.0 else frame
+
+
 def clip_features(
-    backbone: Backbone, path: Path, sampling: Sampling, *, mirror: bool = False
+    backbone: Backbone, path: Path, sampling: Sampling, *, mirror: bool = False, zoom: float = 1.0
 ) -> F32:
     """[phases, FEATURES]: the features after the first `window` analysed frames (or all the
-    clip has) from each sampling phase, of the frames mirrored left-right if `mirror`; cached
-    on disk."""
+    clip has) from each sampling phase, of the frames mirrored left-right if `mirror` and
+    zoomed in by `zoom` (`zoom_in`); cached on disk."""
     fps, window = sampling.fps, sampling.window
     stat = path.stat()
     tag = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sampling}|{PHASES}|{CODE}"
     tag += "|mirror" if mirror else ""
+    tag += f"|zoom{zoom:g}|{ZOOM_CODE}" if zoom != 1.0 else ""
     cached = CACHE / (hashlib.md5(tag.encode(), usedforsecurity=False).hexdigest() + ".npy")
     if cached.is_file():
         return np.asarray(np.load(cached), np.float32)
@@ -110,7 +132,7 @@ def clip_features(
         for n, (_t, frame) in enumerate(frames):
             if n == window:
                 break
-            last = features.push(np.ascontiguousarray(cv2.flip(frame, 1)) if mirror else frame)
+            last = features.push(_transformed(frame, mirror, zoom))
         if last is not None:
             rows.append(last)
     if not rows:
@@ -234,7 +256,18 @@ def add_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
         group.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                            help="add left-right mirrored copies of the training clips (training "
                            "folds and final fit only; test folds are scored unmirrored)"),
+        group.add_argument("--zoom", type=zoom_factor, default=ZOOM,
+                           help="add copies of the training clips zoomed in by this factor (the "
+                           "centre of the picture at full size; training only); 1: none"),
     ]  # fmt: skip
+
+
+def zoom_factor(text: str) -> float:
+    """A zoom factor: 1 (none) up to 4."""
+    value = positive(text)
+    if not 1.0 <= value <= 4.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a zoom factor from 1 to 4")
+    return value
 
 
 def _check_clips(clips: list[Clip], folds: int, grid: list[tuple[float, float]]) -> None:
@@ -264,15 +297,23 @@ def run(args: argparse.Namespace, command: str) -> int:
     sampling = Sampling(args.fps, args.width, args.window, args.stride)
     feats = [clip_features(backbone, cl.path, sampling) for cl in clips]
     train_feats = feats
-    if args.mirror:
-        mirrored = [clip_features(backbone, cl.path, sampling, mirror=True) for cl in clips]
-        train_feats = [np.concatenate([f, m]) for f, m in zip(feats, mirrored, strict=True)]
+    copies = [(True, 1.0)] if args.mirror else []
+    copies += [(False, args.zoom)] if args.zoom != 1.0 else []
+    for mirror, zoom in copies:
+        extra = [
+            clip_features(backbone, cl.path, sampling, mirror=mirror, zoom=zoom) for cl in clips
+        ]
+        train_feats = [np.concatenate([f, e]) for f, e in zip(train_feats, extra, strict=True)]
     y = np.array([cl.label for cl in clips])
     oof = cross_validate(feats, clips, args.folds, grid, sampling, train_feats)
     cv = metrics(oof, y, args.max_fp)
-    mirror = ", mirrored training copies" if args.mirror else ""
+    added = [
+        *(["mirrored"] if args.mirror else []),
+        *([f"zoomed {args.zoom:g}x"] if args.zoom != 1.0 else []),
+    ]
+    copies_text = f", {' and '.join(added)} training copies" if added else ""
     sys.stdout.write(
-        f"cross-validated ({args.folds} grouped folds, {len(clips)} clips{mirror}): {cv}\n"
+        f"cross-validated ({args.folds} grouped folds, {len(clips)} clips{copies_text}): {cv}\n"
     )
     if args.out is not None:
         every = range(len(clips))
@@ -288,6 +329,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                 "c": c,
                 "flow_weight": fw,
                 "mirror": args.mirror,
+                "zoom": args.zoom,
             },
             "command": command,
         }

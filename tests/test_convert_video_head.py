@@ -50,7 +50,8 @@ def test_train_head_video_writes_a_head_recording_its_command_and_params(
     argv = ["train-head", "--kind", "video", *options, "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "cross-validated (3 grouped folds, 12 clips): {'roc_auc'" in printed
+    copies = "zoomed 1.3x training copies"  # the default; --no-mirror leaves the mirrored ones out
+    assert f"cross-validated (3 grouped folds, 12 clips, {copies}): {{'roc_auc'" in printed
     assert f"wrote {out} (C=0.01, flow weight=3.0)" in printed
     head = load_video_head(out)
     assert head.weights.shape == (FEATURES,)
@@ -61,7 +62,7 @@ def test_train_head_video_writes_a_head_recording_its_command_and_params(
     assert meta["training_data"] == f"{data} (6 violence, 6 none)"
     assert meta["params"] == {
         "fps": 8.0, "width": 320, "window": 8, "stride": 2, "c": 0.01, "flow_weight": 3.0,
-        "mirror": False,
+        "mirror": False, "zoom": 1.3,
     }  # fmt: skip
     assert set(meta["cv"]) == {"roc_auc", "threshold", "recall", "flagged_negatives"}
     assert head.threshold == meta["cv"]["threshold"]
@@ -164,3 +165,18 @@ def test_an_output_folder_that_cannot_be_made_fails_first(
     err = capsys.readouterr().err
     assert f"--out {out}: cannot create its folder {in_the_way} ({in_the_way} is a file" in err
     assert err.count("\n") == 1, err
+
+
+def test_zoomed_copies_see_the_centre_of_the_picture_at_full_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame[30:90, 40:120] = 200  # the centre half in each direction
+    zoomed = train_video_head.zoom_in(frame, 2.0)
+    assert zoomed.shape == frame.shape
+    assert zoomed.dtype == np.uint8
+    assert zoomed[2:-2, 2:-2].min() == 200  # the centre now fills the picture
+    assert np.array_equal(train_video_head.zoom_in(frame, 1.0), frame)
+    with pytest.raises(SystemExit):
+        main(["train-head", "--kind", "video", "--data", "x", "--zoom", "0.7"])
+    assert "'0.7' is not a zoom factor from 1 to 4" in capsys.readouterr().err

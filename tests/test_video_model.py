@@ -58,7 +58,8 @@ def test_shipped_head_card_and_metadata() -> None:
     assert smoothing.on == pytest.approx(head.threshold, abs=0.01)
     assert smoothing.off < smoothing.on
     assert set(head.metadata["cv"]) >= {"roc_auc", "recall", "flagged_negatives"}
-    assert "converter.train_video_head" in head.metadata["command"]
+    assert "train-head --kind video" in head.metadata["command"]
+    assert head.metadata["params"]["zoom"] == 1.3
     assert (HEADS / "violence.md").read_text().count(head.metadata["command"].split(" ", 1)[1])
 
 
