@@ -269,6 +269,8 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         raise th.TrainError(f"no clip of category {args.category!r} in {args.data} (has {found})")
     log.info("%d clips from %s", len(examples), args.data)
     gain = th.DEFAULT_GAIN_DB.get(args.category) if args.gain is _SHIPPED else args.gain
+    if args.gain is not _SHIPPED and args.gain is not None and args.augment <= 0:
+        raise th.TrainError("--gain scales the --augment copies: give --augment N as well")
     clips = th.extract(
         examples,
         args.models,

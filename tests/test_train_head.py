@@ -11,6 +11,7 @@ import pytest
 
 from converter.cli import gain_range, main
 from converter.train_head import TrainError, extract, find_examples, recording_group
+from edge.categories import DEFAULT_CATEGORIES
 from edge.heads import load_head
 from tests.helpers import AUDIO_DEV, require_models, require_shared
 
@@ -103,12 +104,34 @@ def test_gain_copies_are_quiet_copies_of_threats_and_of_every_other_clip(tmp_pat
     assert np.array_equal(quiet[0].embeddings, plain[0].embeddings)  # originals untouched
 
 
-def test_gain_options(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gain_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert gain_range("none") is None
     assert gain_range("-40,-10") == (-40.0, -10.0)
     with pytest.raises(SystemExit):
         main(["train-head", "--data", "x", "--category", "c", "--out", "h.npz", "--gain=-5,6"])
     assert "a gain above 0 dB would clip" in capsys.readouterr().err
+    models = require_models()
+    data = _slice(tmp_path, 12)
+    args = ["train-head", "--data", str(data), "--category", "glass_break", "--models", str(models)]
+    assert main([*args, "--out", str(tmp_path / "g.npz"), "--gain=-20,0"]) == 1  # nothing to scale
+    assert "--gain scales the --augment copies" in capsys.readouterr().err
+    assert not (tmp_path / "g.npz").exists()
+
+
+def test_bench_quality_takes_the_shipped_gains_unless_told() -> None:
+    import argparse
+
+    from bench.quality import gains
+
+    parser = argparse.ArgumentParser()
+    assert gains(DEFAULT_CATEGORIES, [], parser) == {
+        "scream": None, "gunshot": None, "glass_break": (-30.0, 0.0)
+    }  # fmt: skip
+    told = gains(DEFAULT_CATEGORIES, ["glass_break=none", "scream=-20,-5"], parser)
+    assert told["glass_break"] is None
+    assert told["scream"] == (-20.0, -5.0)
+    with pytest.raises(SystemExit):
+        gains(DEFAULT_CATEGORIES, ["siren=-10,0"], parser)
 
 
 def test_clear_errors_for_empty_folders_and_too_few_examples(
