@@ -22,7 +22,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,8 @@ from bench.peers import (
 )
 from converter.cli import gain_range, snr_range
 from converter.train_head import (
+    BY_LABEL_C,
+    DEFAULT_BY_LABEL,
     DEFAULT_GAIN_DB,
     DEFAULT_PATCH_FEATURES,
     ClipWindows,
@@ -150,10 +152,12 @@ def with_heads(
     categories: Mapping[str, CategoryConfig] = DEFAULT_CATEGORIES,
     *,
     negatives: Sequence[ClipWindows] = (),
+    labels: Sequence[str] = (),
+    by_label: Collection[str] = DEFAULT_BY_LABEL,
 ) -> dict[str, CategoryConfig]:
     """`categories` with each head retrained on the clips in `train` (and their copies;
     `clips` by category), plus `negatives` (background stretches, negative for every
-    category)."""
+    category); the heads of `by_label` as a softmax over `labels` (fine labels of all clips)."""
     out = {}
     for name, cfg in categories.items():
         if cfg.head is None or cfg.combine == "rule":
@@ -163,7 +167,17 @@ def with_heads(
         positive = np.array([truth[i] == name for i in sorted(train)] + [False] * len(negatives))
         path = folder / f"{name}.npz"
         features = DEFAULT_PATCH_FEATURES.get(name, "")
-        head = fit_head([*originals, *negatives, *copies], positive, patch_features=features)
+        fine = None
+        if name in by_label:
+            fine = [labels[i] for i in sorted(train)] + ["stream background"] * len(negatives)
+        head = fit_head(
+            [*originals, *negatives, *copies],
+            positive,
+            BY_LABEL_C if fine else 0.01,
+            patch_features=features,
+            labels=fine,
+            category=name,
+        )
         save_head(path, head)
         out[name] = cfg.model_copy(update={"head": str(path)})
     return out
@@ -265,7 +279,15 @@ def ours(
     splitter = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
     for k, (train, test) in enumerate(splitter.split(np.zeros(len(files)), truth, groups)):
         folder = CACHE / "heads" / f"{variant}_fold{k}"
-        categories = with_heads(clips, truth, {int(i) for i in train}, folder, args.categories)
+        categories = with_heads(
+            clips,
+            truth,
+            {int(i) for i in train},
+            folder,
+            args.categories,
+            labels=args.labels,
+            by_label=args.by_label,
+        )
         flags.update(ours_flags(model, audios, categories, [int(i) for i in test], hop))
         log.info("%s hop %.2f: fold %d/%d", variant, hop_s, k + 1, args.folds)
     for i in sorted(flags):
@@ -282,7 +304,16 @@ def ours(
         # cross-stream: a stream's heads never saw its own background
         others = [c for other, cs in background.items() if other != name for c in cs]
         folder = CACHE / "heads" / f"{variant}_streams_{Path(name).stem}"
-        categories = with_heads(clips, truth, train, folder, args.categories, negatives=others)
+        categories = with_heads(
+            clips,
+            truth,
+            train,
+            folder,
+            args.categories,
+            negatives=others,
+            labels=args.labels,
+            by_label=args.by_label,
+        )
         records = analyze_audio(audio, Detector(model, categories), hop)
         detections = [
             Detection(r.category, r.start_s, r.end_s, r.alert_at_s, r.peak_score) for r in records
@@ -431,6 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="training copies of CATEGORY's head at random gains from LOW,HIGH dB (and as "
         "many `none` copies), or none; default: as the shipped heads (glass_break=-30,0)",
     )
+    parser.add_argument(
+        "--by-label",
+        type=lambda text: frozenset() if text == "none" else frozenset(text.split(",")),
+        default=DEFAULT_BY_LABEL,
+        metavar="CATEGORY,...|none",
+        help="categories whose heads are a softmax over the clips' fine labels (default: as "
+        f"shipped, {','.join(sorted(DEFAULT_BY_LABEL))})",
+    )
     parser.add_argument("--no-peers", action="store_true", help="only our detector")
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
     args = parser.parse_args(argv)
@@ -445,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows_ = _read_labels(args.data)
     files = [r["file"] for r in rows_]
     truth = [r["category"] for r in rows_]
+    args.labels = [r.get("label") or r["category"] for r in rows_]
     audios = [load_audio(args.data / f) for f in files]
     data = (files, truth, audios, [recording_group(f) for f in files])
     events = _read_events(args.data)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -148,8 +149,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "--data",
         type=Path,
         required=True,
-        help="labels.csv (file,category[,group]) or a folder with one; audio also takes "
-        "per-category subfolders",
+        help="labels.csv (file,category[,group][,label]) or a folder with one; audio also "
+        "takes per-category subfolders",
     )
     head.add_argument(
         "--out",
@@ -174,6 +175,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 def _audio_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
+    from converter.train_head import BY_LABEL_C
+
     return [
         group.add_argument(
             "--category", help="the positive category; others are negatives (required)"
@@ -220,6 +223,14 @@ def _audio_options(group: argparse._ActionsContainer) -> list[argparse.Action]:
             help="a second head on statistics of the window's log-mel patch, averaged with the "
             "embedding head (default: as the category's shipped head: glass_break only)",
         ),
+        group.add_argument(
+            "--by-label",
+            action=argparse.BooleanOptionalAction,
+            help="train one softmax over the clips' fine labels (labels.csv's `label` column: "
+            "speech, dog, fireworks...) instead of the category against everything else; the "
+            f"default C is then {BY_LABEL_C} (default: as the category's shipped head: "
+            "gunshot only)",
+        ),
     ]
 
 
@@ -260,7 +271,8 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
     from converter import train_head as th
     from edge.heads import save_head
 
-    c = args.c[0] if args.c else AUDIO_C
+    by_label = args.category in th.DEFAULT_BY_LABEL if args.by_label is None else args.by_label
+    c = args.c[0] if args.c else (th.BY_LABEL_C if by_label else AUDIO_C)
     check_out(args.out)
     examples = th.find_examples(args.data)
     examples = [e for e in _limit(list(examples), args.limit) if isinstance(e, th.Example)]
@@ -291,6 +303,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         folds=args.folds,
         target_fp=args.target_fp,
         patch_features={None: None, "none": ""}.get(args.patch_features, args.patch_features),
+        labels=[e.label or e.category for e in examples] if by_label else None,
     )
     metadata = {
         **report,
@@ -302,10 +315,7 @@ def train_head_command(args: argparse.Namespace, command: str) -> int:
         "command": command,
     }
     metadata["data"] = str(args.data)
-    final = th.Head(
-        head.weights, head.bias, head.score_classes, head.calibration, head.threshold, metadata
-    )
-    save_head(args.out, final)
+    save_head(args.out, dataclasses.replace(head, metadata=metadata))
     card = args.out.with_suffix(".md")
     card.write_text(th.model_card(metadata, examples))
     print(f"wrote {args.out} and {card}")

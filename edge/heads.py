@@ -9,6 +9,10 @@ training data, CV metrics, the command that made it). Optionally `patch_features
 of statistics of the window's log-mel patch (`edge.frontend.PATCH_STATS`), and `patch_bias`:
 then the last `weights` are a second logistic head on those statistics, whose probability
 is averaged with the embedding head's. A file without them (or with "") has no patch head.
+Optionally `others` [k, d'] and `others_bias` [k] (d' the embedding head's inputs): the other
+classes of a multinomial head (trained against every fine label of the data, not against
+"anything else"); the category's probability is then its softmax share, i.e. the sigmoid of
+its logit minus the log-sum-exp of the others' logits. A file without them is binary.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ HEADS_DIR = HEADS  # installed with the package (models_tflite/heads)
 EMBEDDING_SIZE = 1024
 F32 = npt.NDArray[np.float32]
 KEYS = ("weights", "bias", "mean", "scale", "score_classes", "calibration", "threshold")
-OPTIONAL_KEYS = ("patch_features", "patch_bias")  # absent from older head files
+OPTIONAL_KEYS = ("patch_features", "patch_bias", "others", "others_bias")  # not in older files
 PATCH_FEATURES = {PATCH_STATS: PATCH_STATS_SIZE}  # name -> number of inputs
 
 
@@ -50,6 +54,9 @@ class Head:
     With `patch_features` it is two logistic heads whose probabilities are averaged: one on
     the embedding (and score classes), one on the window's log-mel patch statistics (the last
     `weights`, with their own `patch_bias`). A window without a patch gets the first alone.
+    With `others` (weights [k, d'] and biases [k] of a multinomial head's other classes,
+    standardisation folded in like `weights`) the embedding head's logit is its class's
+    logit minus the log-sum-exp of theirs, so its probability is the softmax share.
     """
 
     weights: F32  # already divided by `scale`
@@ -62,6 +69,8 @@ class Head:
     # `metadata` ("patch_features", "patch_bias"), so a head rebuilt from its parts keeps them
     patch_features: str = ""
     patch_bias: float | None = None
+    others: F32 | None = None
+    others_bias: F32 | None = None
 
     def __post_init__(self) -> None:
         if not self.patch_features and self.metadata.get("patch_features"):
@@ -83,10 +92,12 @@ class Head:
         metadata: dict[str, Any] | None = None,
         patch_features: str = "",
         patch_bias: float = 0.0,
+        others: tuple[F32, F32] | None = None,
     ) -> Head:
         """Folds the input standardisation into the weights, so applying is one dot product
         (per head). With `patch_features`, the last inputs belong to the patch head (bias
-        `patch_bias`); its name and folded bias also go into the metadata."""
+        `patch_bias`); its name and folded bias also go into the metadata. `others` are the
+        other classes' weights [k, d'] and biases [k] of a multinomial head, unfolded."""
         folded = (weights / scale).astype(np.float32)
         meta = dict(metadata or {})
         split = len(weights) - (PATCH_FEATURES[patch_features] if patch_features else 0)
@@ -95,6 +106,10 @@ class Head:
             folded_patch_bias = float(patch_bias - np.dot(folded[split:], mean[split:]))
             meta["patch_features"] = patch_features
             meta["patch_bias"] = folded_patch_bias
+        other_w = other_b = None
+        if others is not None:
+            other_w = (others[0] / scale[:split]).astype(np.float32)
+            other_b = (others[1] - other_w @ mean[:split]).astype(np.float32)
         return cls(
             folded,
             float(bias - np.dot(folded[:split], mean[:split])),
@@ -104,6 +119,8 @@ class Head:
             meta,
             patch_features,
             folded_patch_bias if patch_features else None,
+            other_w,
+            other_b,
         )
 
     @property
@@ -125,8 +142,13 @@ class Head:
 
     def logit(self, embedding: F32, scores: F32) -> float:
         """The embedding head's raw logit."""
-        w = self.weights[: self._split]
-        return float(np.dot(w, self.features(embedding, scores))) + self.bias
+        x = self.features(embedding, scores)
+        z = float(np.dot(self.weights[: self._split], x)) + self.bias
+        if self.others is None or self.others_bias is None:
+            return z
+        rest = self.others @ x + self.others_bias
+        top = float(rest.max())
+        return z - top - math.log(float(np.exp(rest - top).sum()))
 
     def _probability(self, z: float) -> float:
         a, b = self.calibration
@@ -147,7 +169,12 @@ class Head:
         x = embeddings.astype(np.float32)
         if self.score_classes.size:
             x = np.concatenate([x, scores[:, self.score_classes]], axis=1)
-        out = self._probabilities(x @ self.weights[: self._split] + self.bias)
+        z = x @ self.weights[: self._split] + self.bias
+        if self.others is not None and self.others_bias is not None:
+            rest = x @ self.others.T + self.others_bias
+            top = rest.max(axis=1)
+            z = z - top - np.log(np.exp(rest - top[:, None]).sum(axis=1))
+        out = self._probabilities(z.astype(np.float32))
         if self.patch_features and stats is not None:
             z = stats.astype(np.float32) @ self.weights[self._split :] + (self.patch_bias or 0.0)
             out = (0.5 * (out + self._probabilities(z))).astype(np.float32)
@@ -163,20 +190,22 @@ class Head:
 def save_head(path: Path, head: Head) -> None:
     """Writes `head` (standardisation already folded: mean 0, scale 1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {  # Any: savez_compressed also has a keyword `allow_pickle`
+        "weights": head.weights,
+        "bias": np.array(head.bias, np.float32),
+        "mean": np.zeros(head.inputs, np.float32),
+        "scale": np.ones(head.inputs, np.float32),
+        "score_classes": head.score_classes.astype(np.int32),
+        "calibration": np.array(head.calibration, np.float32),
+        "threshold": np.array(head.threshold, np.float64),
+        "metadata": np.array(json.dumps(head.metadata, sort_keys=True)),
+        "patch_features": np.array(head.patch_features),
+        "patch_bias": np.array(head.patch_bias or 0.0, np.float32),
+    }
+    if head.others is not None and head.others_bias is not None:
+        arrays |= {"others": head.others, "others_bias": head.others_bias}
     with path.open("wb") as handle:
-        np.savez_compressed(
-            handle,
-            weights=head.weights,
-            bias=np.float32(head.bias),
-            mean=np.zeros(head.inputs, np.float32),
-            scale=np.ones(head.inputs, np.float32),
-            score_classes=head.score_classes.astype(np.int32),
-            calibration=np.array(head.calibration, np.float32),
-            threshold=np.float64(head.threshold),
-            metadata=np.array(json.dumps(head.metadata, sort_keys=True)),
-            patch_features=np.array(head.patch_features),
-            patch_bias=np.float32(head.patch_bias or 0.0),
-        )
+        np.savez_compressed(handle, **arrays)
 
 
 def read_npz(
@@ -219,6 +248,13 @@ def load_head(path: Path, classes: int = 521, key: str = "head") -> Head:
     if score_classes.size and (score_classes.min() < 0 or score_classes.max() >= classes):
         raise ConfigError(f"{key}: {path} uses YAMNet scores outside 0..{classes - 1}")
     a, b = (float(v) for v in arrays["calibration"])
+    others = None
+    if "others" in arrays:
+        w, bias = arrays["others"], arrays.get("others_bias", np.zeros(0))
+        split = inputs - PATCH_FEATURES.get(patch, 0)
+        if w.ndim != 2 or w.shape[1] != split or bias.shape != (w.shape[0],):
+            raise ConfigError(f"{key}: {path} has other-class weights {w.shape}, not [k, {split}]")
+        others = (w.astype(np.float32), bias.astype(np.float32))
     return Head.from_arrays(
         arrays["weights"].astype(np.float32),
         float(arrays["bias"]),
@@ -230,4 +266,5 @@ def load_head(path: Path, classes: int = 521, key: str = "head") -> Head:
         meta,
         patch,
         patch_bias,
+        others,
     )

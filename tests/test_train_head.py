@@ -16,8 +16,9 @@ from edge.heads import load_head
 from tests.helpers import AUDIO_DEV, require_models, require_shared
 
 
-def _slice(tmp_path: Path, per_category: int) -> Path:
-    """A labels.csv pointing at `per_category` clips of each category of audio-dev."""
+def _slice(tmp_path: Path, per_category: int, *, fine_labels: bool = False) -> Path:
+    """A labels.csv pointing at `per_category` clips of each category of audio-dev (with
+    `fine_labels`, also their `label` column: speech, dog, background...)."""
     labels = require_shared(AUDIO_DEV / "labels.csv")
     with labels.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -27,11 +28,13 @@ def _slice(tmp_path: Path, per_category: int) -> Path:
         step = max(1, len(of_category) // per_category)  # spread over recordings
         picked += of_category[::step][:per_category]
     out = tmp_path / "labels.csv"
+    columns = ["file", "category", *(["label"] if fine_labels else [])]
     with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["file", "category"])
+        writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         for row in picked:
-            writer.writerow({"file": str(AUDIO_DEV / row["file"]), "category": row["category"]})
+            fields = {**row, "file": str(AUDIO_DEV / row["file"])}
+            writer.writerow({k: fields[k] for k in columns})
     return out
 
 
@@ -83,6 +86,43 @@ def test_patch_features_can_be_chosen_for_any_category(tmp_path: Path) -> None:
     assert load_head(gunshot).metadata["patch_bias"] == load_head(gunshot).patch_bias
     assert load_head(glass).patch_features == ""
     assert load_head(glass).inputs == 1024
+
+
+def test_gunshot_heads_are_a_softmax_over_the_fine_labels_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    models = require_models()
+    data = _slice(tmp_path, 12, fine_labels=True)
+    common = ["--data", str(data), "--models", str(models), "--hop", "0.5", "--folds", "3"]
+    softmax, binary = tmp_path / "gunshot.npz", tmp_path / "binary.npz"
+    assert main(["train-head", *common, "--category", "gunshot", "--out", str(softmax)]) == 0
+    assert main(["train-head", *common, "--category", "gunshot", "--out", str(binary),
+                 "--no-by-label"]) == 0  # fmt: skip
+    head = load_head(softmax)
+    with (AUDIO_DEV / "labels.csv").open(newline="") as handle:
+        fine = {r["label"] for r in csv.DictReader(handle) if r["category"] != "gunshot"}
+    others = head.metadata["by_label"]
+    assert set(others) <= fine, others
+    assert {"background", "glass_break"} <= set(others), others
+    assert head.others is not None
+    assert head.others.shape == (len(others), 1024)
+    assert head.metadata["C"] == 0.1  # a softmax's default C
+    assert head.metadata["cv"]["auc"] >= 0.8, head.metadata
+    assert "one softmax (multinomial logistic regression)" in softmax.with_suffix(".md").read_text()
+    plain = load_head(binary)
+    assert plain.others is None
+    assert plain.metadata["by_label"] is None
+    assert plain.metadata["C"] == 0.01
+    # the share is a probability, and the two heads agree on which clips are gunshots
+    clips = extract(find_examples(data), models, hop_s=0.5)
+    truth = np.array([e.category == "gunshot" for e in find_examples(data)])
+    best = {
+        name: np.array([h.apply_many(c.embeddings, c.scores).max() for c in clips])
+        for name, h in (("softmax", head), ("binary", plain))
+    }
+    for scores in best.values():
+        assert np.all((scores >= 0) & (scores <= 1))
+        assert scores[truth].min() > np.median(scores[~truth])  # trained on these: separated
 
 
 def test_gain_copies_are_quiet_copies_of_threats_and_of_every_other_clip(tmp_path: Path) -> None:
