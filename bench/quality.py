@@ -410,6 +410,18 @@ def gains(
     return out
 
 
+def by_label_categories(text: str) -> frozenset[str]:
+    """`--by-label`: comma-separated default categories, or `none`."""
+    if text == "none":
+        return frozenset()
+    names = frozenset(text.split(","))
+    unknown = sorted(names - set(DEFAULT_CATEGORIES))
+    if unknown:
+        known = ", ".join(DEFAULT_CATEGORIES)
+        raise argparse.ArgumentTypeError(f"not a category: {', '.join(unknown)} (known: {known})")
+    return names
+
+
 def write_section(lines: list[str], path: Path = RESULTS) -> None:
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     body = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
@@ -464,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--by-label",
-        type=lambda text: frozenset() if text == "none" else frozenset(text.split(",")),
+        type=by_label_categories,
         default=DEFAULT_BY_LABEL,
         metavar="CATEGORY,...|none",
         help="categories whose heads are a softmax over the clips' fine labels (default: as "

@@ -174,6 +174,19 @@ def test_bench_quality_takes_the_shipped_gains_unless_told() -> None:
         gains(DEFAULT_CATEGORIES, ["siren=-10,0"], parser)
 
 
+def test_bench_quality_trains_the_shipped_softmax_heads_unless_told() -> None:
+    import argparse
+
+    from bench.quality import by_label_categories, main
+
+    with pytest.raises(SystemExit):  # an unknown category is a usage error, before any work
+        main(["--by-label", "siren", "--no-peers"])
+    assert by_label_categories("none") == frozenset()
+    assert by_label_categories("gunshot,scream") == {"gunshot", "scream"}
+    with pytest.raises(argparse.ArgumentTypeError, match="not a category: siren"):
+        by_label_categories("gunshot,siren")
+
+
 def test_clear_errors_for_empty_folders_and_too_few_examples(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
