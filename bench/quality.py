@@ -41,7 +41,7 @@ from bench.peers import (
     load_audio,
     recording_group,
 )
-from converter.cli import gain_range, snr_range
+from converter.cli import AUDIO_C, gain_range, snr_range
 from converter.train_head import (
     BY_LABEL_C,
     DEFAULT_BY_LABEL,
@@ -173,7 +173,7 @@ def with_heads(
         head = fit_head(
             [*originals, *negatives, *copies],
             positive,
-            BY_LABEL_C if fine else 0.01,
+            BY_LABEL_C if fine else AUDIO_C,
             patch_features=features,
             labels=fine,
             category=name,

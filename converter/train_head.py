@@ -474,32 +474,32 @@ def cross_validate(
     return CrossValidation(clip_scores, folds)
 
 
+def clip_labels(
+    labels: Sequence[str] | None,
+    positive: Sequence[bool] | npt.NDArray[np.bool_],
+    category: str,
+) -> npt.NDArray[np.str_] | None:
+    """The classes of a softmax head, per original clip: `category` for a positive clip, a
+    negative clip's own fine label (kept apart from the positives if it is `category` too)."""
+    if labels is None:
+        return None
+    return np.array(
+        [
+            category if p else (lab if lab != category else f"not {lab}")
+            for lab, p in zip(labels, positive, strict=True)
+        ]
+    )
+
+
 def _window_labels(
     labels: Sequence[str] | None,
     positive: Sequence[bool] | npt.NDArray[np.bool_],
     category: str,
     owner: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.str_] | None:
-    """Each training window's fine label (its clip's; `category` for a positive clip, and a
-    negative clip labelled `category` is kept apart from the positives)."""
-    if labels is None:
-        return None
-    per_clip = np.array(
-        [
-            category if p else (lab if lab != category else f"not {lab}")
-            for lab, p in zip(labels, positive, strict=True)
-        ]
-    )
-    return per_clip[owner]
-
-
-def _other_labels(
-    labels: Sequence[str] | None, positive: npt.NDArray[np.bool_]
-) -> list[str] | None:
-    """The other classes of a softmax head: the fine labels of the negative clips."""
-    if labels is None:
-        return None
-    return sorted({lab for lab, p in zip(labels, positive, strict=True) if not p} - {""})
+    """Each training window's class (its clip's, `clip_labels`)."""
+    per_clip = clip_labels(labels, positive, category)
+    return None if per_clip is None else per_clip[owner]
 
 
 def sigmoid(z: F32 | float) -> F32:
@@ -596,6 +596,7 @@ def train_head(
             f"too few examples: {n_pos} clip(s) of {category!r} and {n_neg} other clip(s); "
             f"need at least {min_per_class} of each"
         )
+    classes = clip_labels(labels, positive, category)
     started = time.monotonic()
     cv = cross_validate(
         clips,
@@ -616,7 +617,7 @@ def train_head(
         "folds": cv.folds,
         "C": c,
         "patch_features": patch_features,
-        "by_label": _other_labels(labels, positive),
+        "by_label": None if classes is None else sorted(set(classes[~positive])),
         "target_fp": target_fp,
         "threshold": threshold,
         "logit_threshold": round(logit_threshold, 3),

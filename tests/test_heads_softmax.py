@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from converter.train_head import ClipWindows, fit_head
+from converter.train_head import ClipWindows, clip_labels, fit_head
 from edge.errors import ConfigError
 from edge.heads import load_head, save_head
 
@@ -74,3 +74,12 @@ def test_other_class_weights_of_the_wrong_shape_are_a_clear_error(tmp_path: Path
     np.savez(path, **arrays)
     with pytest.raises(ConfigError, match=r"heads.gunshot: .* other-class weights \(3, 512\)"):
         load_head(path, key="heads.gunshot")
+
+
+def test_a_negative_clip_labelled_as_the_category_stays_apart_from_the_positives() -> None:
+    labels = ["gunshot", "gunshot", "cap gun", "dog"]
+    positive = np.array([True, False, False, False])  # the second is a `none` clip
+    classes = clip_labels(labels, positive, "gunshot")
+    assert classes is not None
+    assert classes.tolist() == ["gunshot", "not gunshot", "cap gun", "dog"]
+    assert clip_labels(None, positive, "gunshot") is None
