@@ -12,7 +12,9 @@ into the streams. Never a train-set figure.
 
 Clip metrics: a clip is flagged with a category when `analyze` reports an event of it.
 Stream metrics (`bench.metrics`): events found, false alarms per hour, median alert delay.
-`--write` replaces the `## Audio quality` section of bench/RESULTS.md.
+`--write` puts this run's tables at the top of the `## Audio quality` section of
+bench/RESULTS.md, between two markers (the next `--write` replaces them there); the rest of
+the section, the measured history, is kept.
 """
 
 from __future__ import annotations
@@ -422,16 +424,22 @@ def by_label_categories(text: str) -> frozenset[str]:
     return names
 
 
+BEGIN = "<!-- bench.quality --write: begin -->"
+END = "<!-- bench.quality --write: end -->"
+
+
 def write_section(lines: list[str], path: Path = RESULTS) -> None:
+    """This run's tables between the markers at the top of SECTION; nothing else changes."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    body = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        following = rest.find("\n## ")
-        tail = rest[following + 1 :] if following >= 0 else ""
-        text = head + body + ("\n" + tail if tail else "")
+    block = "\n".join([BEGIN, *lines, END]).rstrip()
+    if BEGIN in text and END in text.partition(BEGIN)[2]:
+        head, _, rest = text.partition(BEGIN)
+        text = head + block + rest.partition(END)[2]
+    elif SECTION + "\n" in text:
+        head, _, rest = text.partition(SECTION + "\n")
+        text = head + SECTION + "\n\n" + block + "\n\n" + rest.lstrip("\n")
     else:
-        text = text.rstrip() + "\n\n" + body
+        text = text.rstrip() + "\n\n" + SECTION + "\n\n" + block + "\n"
     path.write_text(text)
 
 
@@ -483,7 +491,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"shipped, {','.join(sorted(DEFAULT_BY_LABEL))})",
     )
     parser.add_argument("--no-peers", action="store_true", help="only our detector")
-    parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"put the tables at the top of {SECTION!r} in {RESULTS.name} (the rest is kept)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for path in (args.data / "labels.csv", args.models / "yamnet.tflite"):
