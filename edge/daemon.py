@@ -220,7 +220,11 @@ class Daemon:
         log.info("alert %s stored: %s clip update", alert["id"], event.category)
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.stop_event.is_set():
+            log.info("received %s again: already stopping", name)
+        else:
+            log.info("received %s: stopping", name)
         self.stop_event.set()
 
     def health(self) -> dict[str, object]:

@@ -285,9 +285,14 @@ def test_run_alerts_into_the_outbox_and_ends_with_the_file(config: Path, tmp_pat
     assert 2.9 <= shots[0]["stream_at_s"] <= 4.5
 
 
-def sigterm_when(config: Path, line_has: str, after_s: float = 0.0) -> str:
-    """Run the daemon until its log has `line_has` (then `after_s` more), send SIGTERM, assert a
-    clean exit within 2 s; the rest of its log."""
+def sigterm_when(
+    config: Path,
+    line_has: str,
+    after_s: float = 0.0,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
+) -> str:
+    """Run the daemon until its log has `line_has` (then `after_s` more), send SIGTERM (or
+    `signals`, one after the other), assert a clean exit within 2 s; the rest of its log."""
     proc = subprocess.Popen(
         [*SAFEGUARD, "run", "--config", str(config)],
         cwd=ROOT,
@@ -302,8 +307,9 @@ def sigterm_when(config: Path, line_has: str, after_s: float = 0.0) -> str:
             break
         assert time.monotonic() < deadline, f"the daemon never logged {line_has!r}"
     time.sleep(after_s)
-    proc.send_signal(signal.SIGTERM)
     began = time.monotonic()
+    for signum in signals:
+        proc.send_signal(signum)
     code = proc.wait(timeout=15)
     assert time.monotonic() - began <= 2.0
     assert code == 0
@@ -316,6 +322,15 @@ def sigterm_when(config: Path, line_has: str, after_s: float = 0.0) -> str:
 def test_run_stops_cleanly_on_sigterm_within_2_s(config: Path) -> None:
     with_source(config, require_shared(AUDIO_DEV / "streams" / "stream_00.flac"))
     sigterm_when(config, "safeguard running", after_s=2.0)
+
+
+def test_a_second_signal_while_stopping_changes_nothing(config: Path) -> None:
+    """Ctrl-C, then systemd's SIGTERM: one clean stop within 2 s, the second signal noted."""
+    with_source(config, require_shared(AUDIO_DEV / "streams" / "stream_00.flac"))
+    rest = sigterm_when(config, "safeguard running", 1.0, (signal.SIGINT, signal.SIGTERM))
+    assert "received SIGINT: stopping" in rest
+    assert "received SIGTERM again: already stopping" in rest
+    assert rest.count("stopped in") == 1
 
 
 def test_the_retained_health_says_the_daemon_stopped(config: Path, mosquitto: Mosquitto) -> None:
