@@ -9,7 +9,7 @@
 Each clip is sampled at the daemon's analysis rate from several phases; `edge.video.
 WindowFeatures` (what the daemon runs) turns the first `window` analysed frames into one
 feature row per phase (cached under bench/cache/video). The head is a standardised logistic
-regression; its L2 strength and the weight of the flow block beside the 3072 embedding
+regression; its L2 strength and the weight of the flow block beside the 4096 embedding
 features are chosen by grouped cross-validation inside each training fold. Groups are runs of
 neighbouring clip numbers (clips cut from the same recording), so no recording is in training
 and test at once; the reported numbers are out-of-fold only. With `--mirror`, horizontally
@@ -41,7 +41,7 @@ from converter.cli import check_out, positive, positive_int, share
 from converter.train_head import TrainError, model_file, read_labels
 from edge import flow, video
 from edge.camera import file_frames
-from edge.video import EMBEDDING, Backbone, VideoHead, WindowFeatures, save_video_head
+from edge.video import EMBEDDINGS, Backbone, VideoHead, WindowFeatures, save_video_head
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -53,7 +53,7 @@ FLOW_WEIGHTS = (3.0, 10.0, 30.0)  # weights of the flow block against the embedd
 ZOOM = 1.3  # training copies zoomed in by this much (`--zoom`)
 # the feature code is part of the cache key: change it and the features are recomputed
 _SOURCES = (flow, video.WindowFeatures, video.window_features, video.backbone_input,
-            video.difference_input)  # fmt: skip
+            video.crop_input, video.difference_input)  # fmt: skip
 CODE = hashlib.md5(
     "".join(inspect.getsource(s) for s in _SOURCES).encode(), usedforsecurity=False
 ).hexdigest()
@@ -148,7 +148,7 @@ def make_head(x: F32, y: I64, c: float, flow_weight: float, sampling: Sampling) 
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(0), x.std(0) + 1e-6
-    scale[3 * EMBEDDING :] /= flow_weight
+    scale[EMBEDDINGS:] /= flow_weight
     lr = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
     w = lr.coef_[0] / scale
     bias = float(lr.intercept_[0] - np.dot(w, mean))

@@ -52,21 +52,30 @@ def dense_flow(previous: U8, current: U8) -> F32:
     return np.asarray(out, np.float32)
 
 
-def motion_box(flow: F32, shape: tuple[int, ...], previous: Box | None = None) -> Box:
+def motion_box(
+    flow: F32, shape: tuple[int, ...], previous: Box | None = None, *, fastest: bool = False
+) -> Box:
     """The square of a frame of `shape` around where `flow` moves, for the backbone to look
     at: pixels faster than 1 px per pair, 5th to 95th percentile of their positions, enlarged
-    1.4 times, at least half the frame's short side. With fewer than 20 moving pixels, the
-    `previous` box (or the whole frame)."""
+    1.4 times, at least half the frame's short side. With `fastest`, a tighter square (for
+    distant fights): around the quarter of the moving pixels that move fastest, at least a
+    quarter of the short side. With fewer than 20 such pixels, the `previous` box (or the
+    whole frame)."""
     speed = np.hypot(flow[..., 0], flow[..., 1])
-    ys, xs = np.nonzero(speed > 1.0)
+    moving = speed > 1.0
     height, width = shape[0], shape[1]
-    if len(xs) < 20:
+    if np.count_nonzero(moving) < 20:
         return previous or (0, 0, width, height)
+    if fastest:
+        moving = speed > max(1.0, float(np.percentile(speed[moving], 75)))
+        if np.count_nonzero(moving) < 20:
+            return previous or (0, 0, width, height)
+    ys, xs = np.nonzero(moving)
     fy, fx = height / speed.shape[0], width / speed.shape[1]
     x0, x1 = np.percentile(xs, [5, 95]) * fx
     y0, y1 = np.percentile(ys, [5, 95]) * fy
     side = max(x1 - x0, y1 - y0) * 1.4
-    side = min(max(side, min(width, height) / 2), max(width, height))
+    side = min(max(side, min(width, height) / (4 if fastest else 2)), max(width, height))
     left = int(np.clip((x0 + x1 - side) / 2, 0, max(0.0, width - side)))
     top = int(np.clip((y0 + y1 - side) / 2, 0, max(0.0, height - side)))
     return left, top, int(min(width, left + side)), int(min(height, top + side))

@@ -5,7 +5,9 @@ Single frames are weak evidence of a fight; movement over time is strong. Every 
 gets the dense flow to the previous one (`edge.flow`), and a second, finer flow of the region
 that moves (`edge.flow.motion_box`, from the first); every `stride`-th analysed frame the
 backbone embeds that region and the (amplified) difference of that region to the previous
-embedded frame: in a surveillance view the fight is a small part of the picture. The head sees
+embedded frame, and that difference again for a tighter square around the fastest movers
+(`motion_box(..., fastest=True)`): in a surveillance view the fight is a small part of the
+picture, and a distant one a small part of the region. The head sees
 statistics of all of them over the last `window` analysed frames.
 `WindowFeatures` computes them for the live daemon, `safeguard analyze` and the head's
 training alike.
@@ -51,7 +53,8 @@ GATE_SIZE = (64, 48)  # the motion gate's grayscale frame (width, height)
 DIFF_GAIN = 4.0  # frame differences are amplified before the backbone sees them
 HEAD_KEYS = ("mean", "scale", "weights", "bias", "threshold", "window", "stride")
 EMBEDDING = 1024
-FEATURES = 3 * EMBEDDING + 2 * WINDOW_SIZE  # embeddings, whole-frame flow, region flow
+EMBEDDINGS = 4 * EMBEDDING  # the window's embedding statistics, before the flow blocks
+FEATURES = EMBEDDINGS + 2 * WINDOW_SIZE  # embeddings, whole-frame flow, region flow
 
 
 def downscale(frame: U8, width: int) -> U8:
@@ -67,6 +70,12 @@ def backbone_input(frame: U8) -> U8:
     """A BGR frame as the backbone's 224x224 RGB input (squashed, not cropped)."""
     small = cv2.resize(frame, (INPUT, INPUT), interpolation=cv2.INTER_AREA)
     return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), np.uint8)
+
+
+def crop_input(frame: U8, box: Box) -> U8:
+    """The backbone's input for the square `box` of `frame`."""
+    x0, y0, x1, y1 = box
+    return backbone_input(np.ascontiguousarray(frame[y0:y1, x0:x1]))
 
 
 def difference_input(current: U8, previous: U8) -> U8:
@@ -99,11 +108,13 @@ class Backbone:
         return out
 
 
-def window_features(frames: F32, diffs: F32) -> F32:
-    """Over a window: mean and max of the difference embeddings and the mean change of the
-    frame embeddings, [3 * 1024]. Appearance alone does not carry over between scenes."""
+def window_features(frames: F32, diffs: F32, tight_diffs: F32) -> F32:
+    """Over a window: mean and max of the difference embeddings, the mean change of the frame
+    embeddings and the mean of the tight square's difference embeddings, [EMBEDDINGS].
+    Appearance alone does not carry over between scenes."""
     change = np.abs(np.diff(frames, axis=0)).mean(0)
-    return np.concatenate([diffs.mean(0), diffs.max(0), change]).astype(np.float32)
+    parts = [diffs.mean(0), diffs.max(0), change, tight_diffs.mean(0)]
+    return np.concatenate(parts).astype(np.float32)
 
 
 class WindowFeatures:
@@ -118,6 +129,7 @@ class WindowFeatures:
         self._region_pairs: deque[F32] = deque(maxlen=window - 1)
         self._frames: deque[F32] = deque(maxlen=embedded)
         self._diffs: deque[F32] = deque(maxlen=max(1, embedded - 1))
+        self._tight_diffs: deque[F32] = deque(maxlen=max(1, embedded - 1))
         self.reset()
 
     def reset(self) -> None:
@@ -125,11 +137,13 @@ class WindowFeatures:
         self._region_pairs.clear()
         self._frames.clear()
         self._diffs.clear()
+        self._tight_diffs.clear()
         self._count = 0
         self._previous: tuple[U8, U8] | None = None  # last frame in grayscale: full, small
         self._flow: F32 | None = None
         self._region_flow: F32 | None = None
         self._box: Box | None = None
+        self._tight: Box | None = None  # around the fastest movers, for distant fights
         self._embedded: U8 | None = None  # the last frame the backbone saw (whole)
 
     def push(self, frame: U8) -> F32 | None:
@@ -141,24 +155,28 @@ class WindowFeatures:
             self._pairs.append(pair_stats(flow, self._flow))
             self._flow = flow
             self._box = box = motion_box(flow, frame.shape, self._box)
+            self._tight = motion_box(flow, frame.shape, self._tight, fastest=True)
             region = dense_flow(region_gray(before, box), region_gray(whole, box))
             self._region_pairs.append(pair_stats(region, self._region_flow))
             self._region_flow = region
         self._previous = whole, small
-        if self._count % self.stride == 0 and self._box is not None:
-            x0, y0, x1, y1 = self._box
-            rgb = backbone_input(np.ascontiguousarray(frame[y0:y1, x0:x1]))
+        if self._count % self.stride == 0 and self._box is not None and self._tight is not None:
+            rgb = crop_input(frame, self._box)
             self._frames.append(self.backbone.embed(rgb))
             if self._embedded is not None:
-                before = backbone_input(np.ascontiguousarray(self._embedded[y0:y1, x0:x1]))
+                before = crop_input(self._embedded, self._box)
                 self._diffs.append(self.backbone.embed(difference_input(rgb, before)))
+                now, then = crop_input(frame, self._tight), crop_input(self._embedded, self._tight)
+                self._tight_diffs.append(self.backbone.embed(difference_input(now, then)))
             self._embedded = frame
         self._count += 1
         if len(self._pairs) < max(2, self.window // 2) or not self._diffs:
             return None
         return np.concatenate(
             [
-                window_features(np.stack(self._frames), np.stack(self._diffs)),
+                window_features(
+                    np.stack(self._frames), np.stack(self._diffs), np.stack(self._tight_diffs)
+                ),
                 flow_window_features(np.stack(self._pairs)),
                 flow_window_features(np.stack(self._region_pairs)),
             ]

@@ -17,7 +17,7 @@ _FORBID = ConfigDict(extra="forbid", frozen=True)
 # `on` is the shipped head's cross-validated operating point (<= 10% of calm clips flagged);
 # k of n windows span one second at the default 8 analysed frames per second.
 VIOLENCE_SMOOTHING = SmoothingConfig(
-    on=0.62, off=0.5, k=4, n=8, fast=None, hold_s=1.5, refractory_s=5.0, update_s=10.0
+    on=0.54, off=0.42, k=4, n=8, fast=None, hold_s=1.5, refractory_s=5.0, update_s=10.0
 )
 
 

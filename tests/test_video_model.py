@@ -126,6 +126,22 @@ def test_the_backbone_looks_where_the_scene_moves() -> None:
     assert motion_box(still, (240, 320, 3)) == (0, 0, 320, 240)
 
 
+def test_the_tighter_square_follows_the_fastest_movers() -> None:
+    """`motion_box(..., fastest=True)`: around the quarter of the moving pixels that move
+    fastest (a distant fight amid slower movement), at least a quarter of the short side."""
+    flow = np.zeros((120, 160, 2), np.float32)
+    flow[10:110, 10:150, 0] = 1.5  # most of the picture drifts slowly
+    flow[20:30, 20:30, 0] = 8.0  # two fighters in the upper left, fast
+    assert motion_box(flow, (240, 320, 3)) == (0, 0, 320, 240)
+    x0, y0, x1, y1 = motion_box(flow, (240, 320, 3), fastest=True)
+    assert x1 - x0 == y1 - y0 == 60  # 10 flow px = 20 frame px, x1.4 = 28 -> at least 60
+    assert 18 <= x0 <= 20  # centred on the fast pixels, 40..60 x 40..60
+    assert 18 <= y0 <= 20
+    alone = np.zeros_like(flow)
+    alone[20:30, 20:30, 0] = 8.0  # only 100 pixels move, 25 of them faster than the rest
+    assert motion_box(alone, (240, 320, 3), (1, 2, 3, 4), fastest=True) == (1, 2, 3, 4)
+
+
 def test_the_region_flow_sees_the_moving_region_at_its_own_scale() -> None:
     """A textured patch moves 6 px right in a 320x240 frame: the whole frame's 160x120 flow sees
     3 px, the flow of the moving region (a 120 px square seen at REGION px) 6 * REGION / 120."""
