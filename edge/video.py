@@ -40,6 +40,7 @@ from edge.flow import (
     motion_box,
     pair_stats,
     region_gray,
+    speed_of,
 )
 from edge.heads import read_npz
 from edge.smoothing import Smoother, SmoothingConfig
@@ -152,10 +153,11 @@ class WindowFeatures:
         if self._previous is not None:
             before, before_small = self._previous
             flow = dense_flow(before_small, small)
-            self._pairs.append(pair_stats(flow, self._flow))
+            speed = speed_of(flow)
+            self._pairs.append(pair_stats(flow, self._flow, speed))
             self._flow = flow
-            self._box = box = motion_box(flow, frame.shape, self._box)
-            self._tight = motion_box(flow, frame.shape, self._tight, fastest=True)
+            self._box = box = motion_box(flow, frame.shape, self._box, speed=speed)
+            self._tight = motion_box(flow, frame.shape, self._tight, fastest=True, speed=speed)
             region = dense_flow(region_gray(before, box), region_gray(whole, box))
             self._region_pairs.append(pair_stats(region, self._region_flow))
             self._region_flow = region
