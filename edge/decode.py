@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 RATE = 16000
 F32 = npt.NDArray[np.float32]
 _NATIVE = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
+_SOUND_ONLY = {".wav", ".flac", ".mp3", ".aiff", ".aif"}  # no video stream (Ogg may have one)
 
 
 def to_mono(block: npt.NDArray[np.float32]) -> F32:
@@ -86,10 +87,25 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def _sound_only(path: Path) -> bool:
+    """Whether `path` is in a format that holds no picture and libsndfile reads its header."""
+    if path.suffix.lower() not in _SOUND_ONLY:
+        return False
+    try:
+        soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError):
+        return False
+    return True
+
+
 def stream_kinds(path: Path) -> set[str] | None:
     """The kinds of stream in a container ("audio", "video"; cover art is not video), or None
     when ffprobe is not installed or does not answer (the decoders then say why). A file
-    ffprobe cannot read at all is a `CaptureError` that says so, not an audio problem."""
+    ffprobe cannot read at all is a `CaptureError` that says so, not an audio problem.
+    WAV, FLAC, MP3 and AIFF files libsndfile reads are audio without asking ffprobe (a
+    process start, a tenth of a second)."""
+    if _sound_only(path):
+        return {"audio"}
     exe = shutil.which("ffprobe")
     if exe is None:
         return None

@@ -14,6 +14,7 @@ from edge import decode
 from edge.analyze import analyze_audio, window_ends
 from edge.config import parse_config
 from edge.detector import RATE
+from edge.errors import CaptureError
 from edge.frontend import PATCH_SAMPLES
 from edge.pipeline import build_detector, hop_samples
 from edge.ring import AudioRing
@@ -96,3 +97,27 @@ def test_float_samples_beyond_full_scale_are_clipped_as_a_microphone_would(
     expected = np.clip(loud, -1.0, 1.0)
     np.testing.assert_array_equal(decode.read_all(path), expected)
     np.testing.assert_array_equal(np.concatenate(list(decode.blocks(path))), expected)
+
+
+def test_sound_files_are_known_without_ffprobe_and_others_still_ask_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAV or FLAC libsndfile reads holds only sound (no ffprobe process for it); a file
+    with such a suffix that it cannot read, and every other format, still go to ffprobe."""
+    tone = np.sin(np.arange(16000, dtype=np.float32) / 5).astype(np.float32)
+    wav, flac = tmp_path / "a.wav", tmp_path / "a.flac"
+    soundfile.write(wav, tone, RATE)
+    soundfile.write(flac, tone, RATE)
+    mp4, fake = tmp_path / "a.mp4", tmp_path / "b.wav"
+    mp4.write_bytes(b"\0" * 64)
+    fake.write_bytes(b"not a sound file at all")
+    bare = tmp_path / "bin"  # a PATH without ffprobe: any answer below came without it
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    assert decode.stream_kinds(wav) == {"audio"}
+    assert decode.stream_kinds(flac) == {"audio"}
+    assert decode.stream_kinds(mp4) is None  # would have asked ffprobe
+    assert decode.stream_kinds(fake) is None
+    monkeypatch.undo()
+    with pytest.raises(CaptureError, match="damaged or not a media file"):
+        decode.stream_kinds(fake)
