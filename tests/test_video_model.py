@@ -22,6 +22,7 @@ from edge.flow import (
     motion_box,
     pair_stats,
     region_gray,
+    speed_of,
 )
 from edge.smoothing import SmoothingConfig
 from edge.video import EMBEDDING, FEATURES, Backbone, WindowFeatures, load_video_head
@@ -102,6 +103,19 @@ def test_flow_of_a_shifted_scene_is_the_shift_in_one_direction() -> None:
     window = flow_window_features(np.stack([stats, pair_stats(flow, flow)]))
     assert window.shape == (WINDOW_SIZE,)
     assert np.isfinite(window).all()
+
+
+def test_pair_stats_are_the_same_with_a_shared_speed_and_the_change_as_its_norm() -> None:
+    """The speed handed in (computed once for the squares and the statistics) changes nothing,
+    and the change between flows is exactly the mean of `np.linalg.norm` over the vector
+    (the shipped head was trained on features computed that way)."""
+    rng = np.random.default_rng(3)
+    flow, before = (rng.standard_normal((2, 120, 160, 2)) * 3).astype(np.float32)
+    shared = pair_stats(flow, before, speed_of(flow))
+    np.testing.assert_array_equal(shared, pair_stats(flow, before))
+    assert shared[-1] == np.float32(np.linalg.norm(flow - before, axis=2).mean())
+    box = motion_box(flow, (240, 320, 3), fastest=True, speed=speed_of(flow))
+    assert box == motion_box(flow, (240, 320, 3), fastest=True)
 
 
 def test_the_backbone_looks_where_the_scene_moves() -> None:
