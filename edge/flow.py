@@ -48,7 +48,7 @@ def region_gray(gray_frame: U8, box: Box) -> U8:
 
 def dense_flow(previous: U8, current: U8) -> F32:
     """Farneback's dense flow [h, w, 2] (pixels of the flow frame) from `previous`."""
-    out = cv2.calcOpticalFlowFarneback(previous, current, None, *FARNEBACK)  # type: ignore[call-overload]
+    out = cv2.calcOpticalFlowFarneback(previous, current, None, *FARNEBACK)  # type: ignore[call-overload, unused-ignore]
     return np.asarray(out, np.float32)
 
 
