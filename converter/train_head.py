@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.frontend import PATCH_STATS, PATCH_STATS_SIZE, patch_stats
+from edge.frontend import PATCH_STATS, PATCH_STATS_SIZE, patch_stats_many
 from edge.heads import Head
 
 __all__ = ["ClipWindows", "Example", "Head", "TrainError", "train_head"]
@@ -249,9 +249,14 @@ def _load_model(model_dir: Path, variant: str) -> Any:
 
 
 def window_patch_stats(windows: Sequence[Any]) -> F32:
-    """`patch_stats` of each window's patch [w, 240]; zeros for a window without one."""
-    empty = np.zeros(PATCH_STATS_SIZE, np.float32)
-    return np.stack([empty if w.patch is None else patch_stats(w.patch) for w in windows])
+    """`patch_stats` of each window's patch [w, 240]; zeros for a window without one. In
+    blocks of 16 (`patch_stats_many`: the same figures, faster)."""
+    out = np.zeros((len(windows), PATCH_STATS_SIZE), np.float32)
+    have = [i for i, w in enumerate(windows) if w.patch is not None]
+    for first in range(0, len(have), 16):
+        rows = have[first : first + 16]
+        out[rows] = patch_stats_many(np.stack([windows[i].patch for i in rows]))
+    return out
 
 
 def clip_windows(model: Any, audio: F32, hop_s: float, source: int = -1) -> ClipWindows:

@@ -19,9 +19,10 @@ import numpy.typing as npt
 from edge import decode
 from edge.detector import RATE, Detector
 from edge.frontend import HOP, PATCH_FRAMES, PATCH_SAMPLES, covered_length
-from edge.yamnet import silent_window
+from edge.yamnet import Window, silent_window
 
 F32 = npt.NDArray[np.float32]
+BLOCK = 16  # windows classified before their category scores are computed at once
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,24 @@ def analyze_audio(
     # (a window starts on a frame boundary, so its frames are exactly these).
     frames = model.frontend.frames(padded) if model.frontend is not None else None
     step = max(1, len(ends) // 100)
-    for i, end in enumerate(ends):
-        audio_window = padded[end - PATCH_SAMPLES : end]
-        if frames is None:
-            window = model.classify(audio_window, end)
-        elif not np.any(audio_window):
-            window = silent_window(end)
-        else:
-            first = (end - PATCH_SAMPLES) // HOP
-            window = model.classify_patch(frames[first : first + PATCH_FRAMES], end)
-        take(detector.process_window(window))
-        if progress is not None and i % step == 0:
-            progress(i / len(ends))
+    for first_window in range(0, len(ends), BLOCK):
+        block: list[Window] = []
+        for end in ends[first_window : first_window + BLOCK]:
+            audio_window = padded[end - PATCH_SAMPLES : end]
+            if frames is None:
+                block.append(model.classify(audio_window, end))
+            elif not np.any(audio_window):
+                block.append(silent_window(end))
+            else:
+                first = (end - PATCH_SAMPLES) // HOP
+                block.append(model.classify_patch(frames[first : first + PATCH_FRAMES], end))
+        # the block's category scores at once; smoothing then goes window by window
+        for i, (window, scores) in enumerate(
+            zip(block, detector.scorer.score_many(block), strict=True), first_window
+        ):
+            take(detector.process_window(window, scores))
+            if progress is not None and i % step == 0:
+                progress(i / len(ends))
     take(detector.flush(ends[-1] / RATE))
     if progress is not None:
         progress(1.0)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.errors import ConfigError
-from edge.heads import HEADS_DIR, Head, load_head, patch_features_of
+from edge.heads import HEADS_DIR, Head, load_head, patch_features_many, patch_features_of
 from edge.smoothing import SmoothingConfig
 from edge.yamnet import Window
 
@@ -220,6 +220,41 @@ class CategoryScorer:
         if window.patch is not None:  # computed once per window, shared by the heads
             stats = {name: patch_features_of(name, window.patch) for name in self.patch_features}
         return {c.name: self._score(c, window, stats) for c in self._compiled}
+
+    def score_many(self, windows: Sequence[Window]) -> list[dict[str, float]]:
+        """`score` of each window, computed for all of them at once (`safeguard analyze`
+        classifies windows in blocks): the same arithmetic as `score` in matrix form, equal
+        to it within float32 rounding (tested)."""
+        heard = [i for i, w in enumerate(windows) if not w.silent]
+        out = [dict.fromkeys(self.categories, 0.0) for _ in windows]
+        if not heard:
+            return out
+        if self.patch_features and any(windows[i].patch is None for i in heard):
+            return [self.score(w) for w in windows]  # a head reads patches some lack
+        scores = np.stack([windows[i].scores for i in heard])
+        embeddings = np.stack([windows[i].embedding for i in heard])
+        stats: dict[str, npt.NDArray[np.float32]] = {}
+        if self.patch_features:
+            patches = np.stack([windows[i].patch for i in heard])  # type: ignore[misc]
+            stats = {name: patch_features_many(name, patches) for name in self.patch_features}
+        for c in self._compiled:
+            rule = scores[:, c.classes].max(axis=1) if c.classes.size else np.zeros(len(heard))
+            value = rule.astype(np.float64)
+            if c.head is not None and c.combine != "rule":
+                extra = stats.get(c.head.patch_features) if c.head.patch_features else None
+                learned = c.head.apply_many(embeddings, scores, extra).astype(np.float64)
+                if c.combine == "head":
+                    value = learned
+                elif c.combine == "max":
+                    value = np.maximum(value, learned)
+                else:
+                    value = 0.5 * (value + learned)
+            if c.veto.size:
+                vetoed = scores[:, c.veto].max(axis=1) >= c.veto_ratio * np.maximum(value, 1e-6)
+                value = np.where(vetoed, 0.0, value)
+            for i, v in zip(heard, np.clip(value, 0.0, 1.0).tolist(), strict=True):
+                out[i][c.name] = v
+        return out
 
     @staticmethod
     def _score(c: _Compiled, window: Window, stats: Mapping[str, npt.NDArray[np.float32]]) -> float:

@@ -24,11 +24,12 @@ _NATIVE = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
 _SOUND_ONLY = {".wav", ".flac", ".mp3", ".aiff", ".aif"}  # no video stream (Ogg may have one)
 
 
-def to_mono(block: npt.NDArray[np.float32]) -> F32:
+def to_mono(block: npt.NDArray[np.float32], owned: bool = False) -> F32:
     """Channels averaged, and clipped to [-1, 1] as a microphone's samples are (float files
-    can hold louder samples, which the models never see from a microphone)."""
+    can hold louder samples, which the models never see from a microphone). `owned`: a mono
+    `block` is the caller's to overwrite (clipped in place, no copy of a whole file)."""
     out: F32 = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block
-    return np.clip(out, -1.0, 1.0, out=out if out is not block else None)
+    return np.clip(out, -1.0, 1.0, out=out if owned or out is not block else None)
 
 
 def _soundfile_blocks(handle: soundfile.SoundFile, block_s: float) -> Iterator[F32]:
@@ -172,7 +173,7 @@ def read_all(path: Path) -> F32:
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
     with handle:
         rate = int(handle.samplerate)
-        audio = to_mono(handle.read(dtype="float32", always_2d=False))
+        audio = to_mono(handle.read(dtype="float32", always_2d=False), owned=True)
     if not len(audio):
         raise CaptureError(f"{path}: holds no audio samples")
     if rate != RATE:

@@ -53,12 +53,14 @@ class Detector:
         """Classify the window of 15600 samples ending at absolute sample `end`."""
         return self.process_window(self.model.classify(audio, end))
 
-    def process_window(self, window: Window) -> list[Event]:
-        """Score, smooth and turn into events a window the model has classified."""
+    def process_window(self, window: Window, scores: dict[str, float] | None = None) -> list[Event]:
+        """Score, smooth and turn into events a window the model has classified; `scores`
+        are its category scores when they were computed already (`CategoryScorer.score_many`)."""
         self.stats.windows += 1
         self.stats.silent += window.silent
         self.last_window = window
-        scores = self.scorer.score(window)
+        if scores is None:
+            scores = self.scorer.score(window)
         self.last_scores = scores
         end_s = window.end / RATE
         events: list[Event] = []

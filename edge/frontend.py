@@ -62,11 +62,11 @@ _FOLD = np.stack(  # mel power -> total, high-band part, band-weighted sum
 
 
 def _mean_std(x: F32) -> tuple[F32, F32]:
-    """Column means and (population) standard deviations; as products with a row of weights
-    (BLAS), several times faster than numpy's column reductions on a patch."""
-    weights = np.full(len(x), 1.0 / len(x), np.float32)
+    """Means and (population) standard deviations over the second-to-last axis (frames); as
+    products with a row of weights (BLAS), several times faster than numpy's reductions."""
+    weights = np.full(x.shape[-2], 1.0 / x.shape[-2], np.float32)
     mean: F32 = weights @ x
-    centred = x - mean
+    centred = x - mean[..., None, :]
     return mean, np.sqrt(weights @ (centred * centred))
 
 
@@ -83,41 +83,53 @@ def patch_stats(patch: F32) -> F32:
     - the standard deviation over time of cepstra 0-19 (DCT of the frame) and of their
       frame-to-frame change (40).
     """
-    p = np.asarray(patch, np.float32)
-    frames = len(p)
-    both = np.empty((frames, MEL_BANDS + CEPSTRA), np.float32)  # log-mel bands, then cepstra
-    both[:, :MEL_BANDS] = p
-    np.matmul(p, _DCT_T, out=both[:, MEL_BANDS:])
-    delta = both[1:] - both[:-1]
+    out: F32 = patch_stats_many(np.asarray(patch, np.float32)[None])[0]
+    return out
+
+
+def patch_stats_many(patches: F32) -> F32:
+    """`patch_stats` of each patch of `patches` [n, frames, 64] -> [n, PATCH_STATS_SIZE].
+
+    The same arithmetic per patch whatever `n` (a patch's row is bit-identical to
+    `patch_stats` of it alone); blocks of about 16 patches amortise numpy's per-call cost
+    (2.4x faster per patch than one at a time) while their buffers stay in cache.
+    """
+    p = np.asarray(patches, np.float32)
+    count, frames, _ = p.shape
+    both = np.empty((count, frames, MEL_BANDS + CEPSTRA), np.float32)  # bands, then cepstra
+    both[..., :MEL_BANDS] = p
+    both[..., MEL_BANDS:] = p @ _DCT_T
+    delta = both[:, 1:] - both[:, :-1]
     mean, spread = _mean_std(both)
     moves = _mean_std(delta)[1]
     # per frame: total mel power, its part from HIGH_BAND up, and the band-weighted sum
     folded = np.exp(p) @ _FOLD
-    total = folded[:, 0]
-    per_frame = np.empty((frames, 4), np.float32)  # flux, high-band share, log power, centroid
-    per_frame[0, 0] = 0.0  # the first frame has no rise (the flux leaves it out)
-    np.matmul(np.maximum(delta[:, :MEL_BANDS], 0), _ONES, out=per_frame[1:, 0])
-    np.divide(folded[:, 1], total, out=per_frame[:, 1])
-    np.log(total, out=per_frame[:, 2])
-    np.divide(folded[:, 2], total, out=per_frame[:, 3])
-    flux = per_frame[1:, 0]
+    total = folded[..., 0]
+    per_frame = np.empty((count, frames, 4), np.float32)  # flux, high share, log power, centroid
+    per_frame[:, 0, 0] = 0.0  # the first frame has no rise (the flux leaves it out)
+    per_frame[:, 1:, 0] = np.maximum(delta[..., :MEL_BANDS], 0) @ _ONES
+    np.divide(folded[..., 1], total, out=per_frame[..., 1])
+    np.log(total, out=per_frame[..., 2])
+    np.divide(folded[..., 2], total, out=per_frame[..., 3])
+    flux = per_frame[:, 1:, 0]
     a_mean, a_std = _mean_std(per_frame)
-    a_max = per_frame.max(axis=0)
-    scalars = np.array(
-        [flux.mean(), flux.max(), a_mean[1], a_max[1], a_std[2], a_max[2] - a_mean[2], a_mean[3],
-         a_std[3]],
-        np.float32,
+    a_max = per_frame.max(axis=1)
+    scalars = np.stack(
+        [flux.mean(axis=1), flux.max(axis=1), a_mean[:, 1], a_max[:, 1], a_std[:, 2],
+         a_max[:, 2] - a_mean[:, 2], a_mean[:, 3], a_std[:, 3]],
+        axis=1,
     )  # fmt: skip
-    band_mean = mean[:MEL_BANDS]
+    band_mean = mean[:, :MEL_BANDS]
     out: F32 = np.concatenate(
         [
-            band_mean - band_mean.mean(),
-            spread[:MEL_BANDS],
-            moves[:MEL_BANDS],
+            band_mean - band_mean.mean(axis=1, keepdims=True),
+            spread[:, :MEL_BANDS],
+            moves[:, :MEL_BANDS],
             scalars,
-            spread[MEL_BANDS:],
-            moves[MEL_BANDS:],
-        ]
+            spread[:, MEL_BANDS:],
+            moves[:, MEL_BANDS:],
+        ],
+        axis=1,
     ).astype(np.float32)
     return out
 

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ConfigError
-from edge.frontend import PATCH_STATS, PATCH_STATS_SIZE, patch_stats
+from edge.frontend import PATCH_STATS, PATCH_STATS_SIZE, patch_stats, patch_stats_many
 from models_tflite import HEADS
 
 HEADS_DIR = HEADS  # installed with the package (models_tflite/heads)
@@ -45,6 +45,13 @@ def patch_features_of(name: str, patch: F32) -> F32:
     if name != PATCH_STATS:
         raise ValueError(f"unknown patch features {name!r}")
     return patch_stats(patch)
+
+
+def patch_features_many(name: str, patches: F32) -> F32:
+    """`patch_features_of` each patch of `patches` [n, 96, 64] -> [n, k], at once."""
+    if name != PATCH_STATS:
+        raise ValueError(f"unknown patch features {name!r}")
+    return patch_stats_many(patches)
 
 
 @dataclass(frozen=True)

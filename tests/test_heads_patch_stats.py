@@ -226,3 +226,35 @@ def test_windows_carry_their_patch_when_a_head_needs_it(variant: str) -> None:
     assert window.patch is not None
     np.testing.assert_allclose(window.patch, LogMel().patch(audio), atol=1e-4)
     assert set(detector.scorer.score(window)) == {"scream", "gunshot", "glass_break"}
+
+
+def test_block_scores_are_the_window_scores_on_real_audio() -> None:
+    """`safeguard analyze` scores its windows in blocks (`CategoryScorer.score_many`), the
+    daemon one at a time (`score`): the same scores on real audio through the real model
+    and the shipped heads, silent windows included, and the same patch statistics."""
+    from edge import decode
+    from edge.analyze import window_ends
+    from edge.frontend import patch_stats_many
+    from edge.yamnet import Yamnet, labels_from_class_map
+    from tests.helpers import AUDIO_DEV, require_shared
+
+    models = require_models()
+    labels = labels_from_class_map(models / "yamnet_class_map.csv")
+    model = Yamnet(models / "yamnet_spectra_in.tflite", "yamnet_spectra_in", labels)
+    scorer = CategoryScorer(DEFAULT_CATEGORIES, labels, variant=model.variant)
+    stream = decode.read_all(require_shared(AUDIO_DEV / "streams" / "stream_00.flac"))
+    audio = np.concatenate([stream[80 * 16000 : 100 * 16000], np.zeros(3 * 16000, np.float32)])
+    windows = [
+        model.classify(audio[e - PATCH_SAMPLES : e], e) for e in window_ends(len(audio), 4000)
+    ]
+    assert any(w.silent for w in windows)
+    assert not all(w.silent for w in windows)
+    one_by_one = [scorer.score(w) for w in windows]
+    in_blocks = [
+        s for i in range(0, len(windows), 16) for s in scorer.score_many(windows[i : i + 16])
+    ]
+    assert max(max(s.values()) for s in one_by_one) > 0.3  # not a stretch of zeros
+    for single, block in zip(one_by_one, in_blocks, strict=True):
+        assert block == pytest.approx(single, abs=1e-5)
+    patches = np.stack([w.patch for w in windows if w.patch is not None])
+    assert np.array_equal(patch_stats_many(patches), np.stack([patch_stats(p) for p in patches]))
